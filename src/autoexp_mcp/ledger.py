@@ -1,0 +1,190 @@
+"""results.tsv and experiments.jsonl: append-only, one row per decided experiment, fsync'd.
+
+Each JSONL record carries `experiment` (1-based, consecutive), the hash of the previous
+record and its own hash, so an edited, reordered or deleted row is detectable
+(`autoexp-mcp verify`). The TSV is the short human view of the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+RESULTS_TSV = "results.tsv"
+EXPERIMENTS_JSONL = "experiments.jsonl"
+GENESIS_HASH = "0" * 64
+MAX_TEXT_CHARS = 2000
+
+# The tail of the JSONL read to find the last record: one record is far smaller than this.
+_TAIL_BYTES = 256 * 1024
+
+
+class Record(BaseModel):
+    """One decided experiment, as written to experiments.jsonl."""
+
+    model_config = ConfigDict(extra="allow")
+
+    experiment: int
+    commit: str
+    parent: str | None = None
+    timestamp: str
+    status: str
+    metrics: dict[str, float | None]
+    std: dict[str, float] | None = None
+    repeats: dict[str, list[float]] | None = None
+    description: str
+    notes: str = ""
+    diff_lines: int = 0
+    wall_time_s: float = 0.0
+    tokens_used: int = 0
+    cost_usd: float = 0.0
+    cumulative_cost_usd: float = 0.0
+    rule: str = ""
+    reason: str = ""
+    best_commit: str | None = None
+    best_metrics: dict[str, float | None] | None = None
+    stage: str | None = None
+    run: int | None = None
+    log: str | None = None
+    log_truncated: bool = False
+    harness: str | None = None
+    prev_hash: str = GENESIS_HASH
+    hash: str = ""
+
+
+def clean_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """One line of printable text, no tabs: safe for TSV, git messages and logs."""
+    out = "".join(ch if ch.isprintable() else " " for ch in text.replace("\t", " "))
+    out = " ".join(out.split())
+    if len(out) > limit:
+        out = out[: limit - 1] + "…"
+    return out
+
+
+def record_hash(payload: dict[str, Any]) -> str:
+    body = {k: v for k, v in payload.items() if k != "hash"}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _fmt_metric(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "0.000000"
+    return f"{v:.6f}"
+
+
+def _append(path: Path, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Ledger:
+    def __init__(self, root: Path, metric_names: Sequence[str]) -> None:
+        self.root = Path(root)
+        self.metric_names = list(metric_names)
+        self.tsv = self.root / RESULTS_TSV
+        self.jsonl = self.root / EXPERIMENTS_JSONL
+
+    @property
+    def header(self) -> str:
+        return "\t".join(["commit", *self.metric_names, "status", "description"]) + "\n"
+
+    def last_record(self) -> Record | None:
+        """The last JSONL record, read from the file's tail (never the whole file)."""
+        if not self.jsonl.exists():
+            return None
+        with self.jsonl.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - _TAIL_BYTES))
+            chunk = f.read()
+        for raw in reversed(chunk.splitlines()):
+            if raw.strip():
+                try:
+                    return Record.model_validate_json(raw)
+                except ValueError:
+                    # A torn last line from a crash mid-write: the row before it is the last.
+                    continue
+        return None
+
+    def append(self, fields: dict[str, Any]) -> Record:
+        """Write one record to both files; returns it with its chain hashes filled in."""
+        prev = self.last_record()
+        fields = dict(fields)
+        fields["description"] = clean_text(str(fields.get("description", "")))
+        fields["notes"] = clean_text(str(fields.get("notes", "")))
+        fields["prev_hash"] = prev.hash if prev else GENESIS_HASH
+        rec = Record.model_validate(fields)
+        payload = rec.model_dump(mode="json")
+        payload["hash"] = record_hash(payload)
+        rec = Record.model_validate(payload)
+        self._repair_torn_tail()
+        _append(self.jsonl, json.dumps(payload, ensure_ascii=False, allow_nan=False) + "\n")
+        if not self.tsv.exists() or self.tsv.stat().st_size == 0:
+            _append(self.tsv, self.header)
+        _append(self.tsv, self.tsv_row(rec))
+        return rec
+
+    def tsv_row(self, rec: Record) -> str:
+        cols = [rec.commit, *(_fmt_metric(rec.metrics.get(n)) for n in self.metric_names), rec.status]
+        return "\t".join([*cols, clean_text(rec.description)]) + "\n"
+
+    def _repair_torn_tail(self) -> None:
+        """Drop a partial last line left by a crash, so the next record starts on its own line."""
+        if not self.jsonl.exists():
+            return
+        with self.jsonl.open("rb+") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            f.seek(max(0, size - _TAIL_BYTES))
+            chunk = f.read()
+            cut = chunk.rfind(b"\n")
+            f.truncate(size - len(chunk) + cut + 1 if cut >= 0 else max(0, size - len(chunk)))
+
+    def records(self) -> Iterator[Record]:
+        """Every record, streamed (for reports and verify, never on the per-iteration path)."""
+        if not self.jsonl.exists():
+            return
+        with self.jsonl.open("rb") as f:
+            for raw in f:
+                if raw.strip():
+                    try:
+                        yield Record.model_validate_json(raw)
+                    except ValueError:
+                        continue
+
+    def tail(self, n: int) -> list[Record]:
+        """The last `n` records, from the file's tail."""
+        if not self.jsonl.exists() or n <= 0:
+            return []
+        with self.jsonl.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - _TAIL_BYTES * max(1, n // 64 + 1)))
+            chunk = f.read()
+        out: list[Record] = []
+        for raw in reversed(chunk.splitlines()):
+            if len(out) >= n:
+                break
+            if raw.strip():
+                try:
+                    out.append(Record.model_validate_json(raw))
+                except ValueError:
+                    continue
+        return list(reversed(out))
