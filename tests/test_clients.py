@@ -1,0 +1,286 @@
+"""Client registration: snippets per client and the merge into existing config files.
+
+Every test uses a temporary home and repository; the real $HOME is never read or written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoexp_mcp.clients import CLIENTS, CODEX_TOOL_TIMEOUT_S, Snippet, server_entry, snippet, write_config
+from autoexp_mcp.errors import ConfigError
+
+CONTAINER = {"vscode": "servers", "codex": "mcp_servers"}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, Any]:
+    home = tmp_path / "home"
+    home.mkdir()
+    repo = tmp_path / "my repo"
+    repo.mkdir()
+    exe = tmp_path / "venv" / "bin" / "autoexp-mcp"
+    environ = {"PATH": "/opt/tools/bin:/usr/bin", "HOME": str(home)}
+    return {"home": home, "repo": repo, "exe": exe, "environ": environ}
+
+
+def make(client: str, env: dict[str, Any], **kw: Any) -> Snippet:
+    args = {"repo": env["repo"], "exe": env["exe"], "home": env["home"], "environ": env["environ"]}
+    args.update(kw)
+    return snippet(client, **args)
+
+
+def parse(text: str, fmt: str) -> dict[str, Any]:
+    return tomllib.loads(text) if fmt == "toml" else json.loads(text)
+
+
+def read(s: Snippet) -> dict[str, Any]:
+    return parse(s.config_path.read_text(encoding="utf-8"), s.format)
+
+
+def servers(doc: dict[str, Any], client: str) -> dict[str, Any]:
+    return doc[CONTAINER.get(client, "mcpServers")]
+
+
+def existing_file(s: Snippet) -> str:
+    """A config of the user's: another server, other top-level keys, (for TOML) a comment."""
+    if s.format == "toml":
+        return (
+            'model = "o3"\n'
+            "# my comment\n"
+            "[features]\nweb_search_request = true\n\n"
+            '[mcp_servers.other]\ncommand = "npx"\nargs = ["-y", "other-server"]\n'
+        )
+    key = CONTAINER.get(s.client, "mcpServers")
+    doc: dict[str, Any] = {
+        "theme": "dark",
+        key: {"other": {"command": "npx", "args": ["-y", "other-server"]}},
+    }
+    if s.client == "vscode":
+        doc["inputs"] = [{"id": "api-key", "type": "promptString"}]
+    return json.dumps(doc, indent=4)
+
+
+# --- snippets ----------------------------------------------------------------------------
+
+
+def test_server_entry_uses_absolute_paths(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(env["repo"])
+    entry = server_entry(Path("bin/autoexp-mcp"), Path("."))
+    assert entry["command"] == str(env["repo"] / "bin" / "autoexp-mcp")
+    assert entry["args"] == ["serve", "--repo", str(env["repo"].resolve())]
+    assert entry["env"] == {}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_snippet_parses_and_holds_our_entry_with_absolute_paths(client: str, env: dict[str, Any]) -> None:
+    s = make(client, env)
+    entry = servers(parse(s.text, s.format), client)["autoexp"]
+    assert entry["command"] == str(env["exe"])
+    assert Path(entry["command"]).is_absolute()
+    assert entry["args"] == ["serve", "--repo", str(env["repo"].resolve())]
+    assert s.config_path.is_absolute()
+    assert s.config_path.is_relative_to(env["home"]) or s.config_path.is_relative_to(env["repo"].resolve())
+    assert s.notes
+
+
+@pytest.mark.parametrize(
+    ("client", "where"),
+    [
+        ("claude-code", ".mcp.json"),
+        ("cursor", ".cursor/mcp.json"),
+        ("vscode", ".vscode/mcp.json"),
+        ("gemini", ".gemini/settings.json"),
+    ],
+)
+def test_project_scoped_clients_write_into_the_repo(client: str, where: str, env: dict[str, Any]) -> None:
+    assert make(client, env).config_path == env["repo"].resolve() / where
+
+
+def test_vscode_entry_uses_servers_key_and_stdio_type(env: dict[str, Any]) -> None:
+    doc = json.loads(make("vscode", env).text)
+    assert list(doc) == ["servers"]
+    assert doc["servers"]["autoexp"]["type"] == "stdio"
+
+
+def test_codex_entry_pins_path_and_home_and_raises_the_tool_timeout(env: dict[str, Any]) -> None:
+    s = make("codex", env)
+    assert s.config_path == env["home"] / ".codex" / "config.toml"
+    entry = tomllib.loads(s.text)["mcp_servers"]["autoexp"]
+    assert entry["env"] == {"PATH": "/opt/tools/bin:/usr/bin", "HOME": str(env["home"])}
+    assert entry["tool_timeout_sec"] == CODEX_TOOL_TIMEOUT_S
+    assert "comments" in s.notes
+
+
+def test_codex_honours_codex_home(env: dict[str, Any], tmp_path: Path) -> None:
+    s = make("codex", env, environ={**env["environ"], "CODEX_HOME": str(tmp_path / "ch")})
+    assert s.config_path == tmp_path / "ch" / "config.toml"
+
+
+def test_claude_code_command_line_registers_the_same_server(env: dict[str, Any]) -> None:
+    s = make("claude-code", env)
+    assert s.command_line is not None
+    assert shlex.split(s.command_line) == [
+        "claude", "mcp", "add", "--scope", "project", "autoexp", "--",
+        str(env["exe"]), "serve", "--repo", str(env["repo"].resolve()),
+    ]  # fmt: skip
+    assert json.loads(s.text)["mcpServers"]["autoexp"]["type"] == "stdio"
+
+
+@pytest.mark.parametrize(
+    ("platform", "parts"),
+    [
+        ("darwin", ("Library", "Application Support", "Claude")),
+        ("win32", ("AppData", "Roaming", "Claude")),
+        ("linux", (".config", "Claude")),
+    ],
+)
+def test_claude_desktop_config_location_per_platform(
+    platform: str, parts: tuple[str, ...], env: dict[str, Any]
+) -> None:
+    s = make("claude-desktop", env, platform=platform)
+    assert s.config_path == env["home"].joinpath(*parts, "claude_desktop_config.json")
+
+
+def test_claude_desktop_on_windows_prefers_the_msix_package_directory(env: dict[str, Any]) -> None:
+    roaming = (
+        env["home"] / "AppData" / "Local" / "Packages" / "Claude_pzs8sxrjxfjjc" / "LocalCache" / "Roaming"
+    )
+    roaming.mkdir(parents=True)
+    s = make("claude-desktop", env, platform="win32")
+    assert s.config_path == roaming / "Claude" / "claude_desktop_config.json"
+
+
+def test_unknown_client_is_refused_with_the_list(env: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="claude-desktop"):
+        make("notepad", env)
+
+
+@pytest.mark.parametrize("name", ["", "auto exp", "a.b", "x" * 65])
+def test_bad_server_name_is_refused(name: str, env: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="server name"):
+        make("cursor", env, name=name)
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_write_into_empty_home_creates_the_file_with_one_entry(client: str, env: dict[str, Any]) -> None:
+    s = make(client, env)
+    assert not s.config_path.exists()
+    assert write_config(s) is None
+    doc = read(s)
+    assert list(servers(doc, client)) == ["autoexp"]
+    assert servers(doc, client)["autoexp"] == servers(parse(s.text, s.format), client)["autoexp"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_write_keeps_other_servers_and_keys_and_makes_a_backup(client: str, env: dict[str, Any]) -> None:
+    s = make(client, env)
+    s.config_path.parent.mkdir(parents=True, exist_ok=True)
+    original = existing_file(s)
+    s.config_path.write_text(original, encoding="utf-8")
+
+    backup = write_config(s)
+
+    assert backup is not None and backup.read_text(encoding="utf-8") == original
+    assert backup.name.startswith(s.config_path.name + ".bak-")
+    doc, before = read(s), parse(original, s.format)
+    assert set(servers(doc, client)) == {"other", "autoexp"}
+    assert servers(doc, client)["other"] == servers(before, client)["other"]
+    for key in set(before) - {CONTAINER.get(client, "mcpServers")}:
+        assert doc[key] == before[key]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_second_write_leaves_exactly_one_entry_for_us(client: str, env: dict[str, Any]) -> None:
+    s = make(client, env)
+    s.config_path.parent.mkdir(parents=True, exist_ok=True)
+    s.config_path.write_text(existing_file(s), encoding="utf-8")
+    first = write_config(s)
+    second = write_config(s)
+    assert first is not None and second is not None and first != second
+    names = list(servers(read(s), client))
+    assert sorted(names) == ["autoexp", "other"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_unparseable_file_is_refused_and_left_byte_for_byte(client: str, env: dict[str, Any]) -> None:
+    s = make(client, env)
+    s.config_path.parent.mkdir(parents=True, exist_ok=True)
+    broken = b'{"mcpServers": {"other": ,}}\n' if s.format == "json" else b"[mcp_servers.other\ncommand = \n"
+    s.config_path.write_bytes(broken)
+    with pytest.raises(ConfigError) as info:
+        write_config(s)
+    assert str(s.config_path.resolve()) in str(info.value)
+    assert "left unchanged" in str(info.value)
+    assert s.config_path.read_bytes() == broken
+    assert sorted(p.name for p in s.config_path.parent.iterdir()) == [s.config_path.name]
+
+
+def test_json_with_comments_is_refused_unchanged(env: dict[str, Any]) -> None:
+    s = make("vscode", env)
+    s.config_path.parent.mkdir(parents=True)
+    text = '{\n  // my servers\n  "servers": {}\n}\n'
+    s.config_path.write_text(text)
+    with pytest.raises(ConfigError, match="by hand"):
+        write_config(s)
+    assert s.config_path.read_text() == text
+
+
+def test_servers_key_that_is_not_a_table_is_refused_unchanged(env: dict[str, Any]) -> None:
+    s = make("cursor", env)
+    s.config_path.parent.mkdir(parents=True)
+    s.config_path.write_text('{"mcpServers": ["not", "a", "table"]}')
+    with pytest.raises(ConfigError, match="not a table"):
+        write_config(s)
+    assert json.loads(s.config_path.read_text()) == {"mcpServers": ["not", "a", "table"]}
+
+
+def test_stale_entry_of_ours_is_replaced(env: dict[str, Any]) -> None:
+    s = make("claude-desktop", env, platform="darwin")
+    s.config_path.parent.mkdir(parents=True)
+    stale = {"mcpServers": {"autoexp": {"command": "/old/autoexp-mcp", "args": ["serve", "--repo", "/old"]}}}
+    s.config_path.write_text(json.dumps(stale))
+    write_config(s)
+    assert read(s)["mcpServers"]["autoexp"]["args"] == ["serve", "--repo", str(env["repo"].resolve())]
+
+
+def test_symlinked_config_keeps_its_link_and_target_is_updated(env: dict[str, Any], tmp_path: Path) -> None:
+    s = make("codex", env)
+    real = tmp_path / "dotfiles" / "codex.toml"
+    real.parent.mkdir()
+    real.write_text('model = "o3"\n')
+    s.config_path.parent.mkdir(parents=True)
+    s.config_path.symlink_to(real)
+    write_config(s)
+    assert s.config_path.is_symlink()
+    assert tomllib.loads(real.read_text())["model"] == "o3"
+    assert "autoexp" in tomllib.loads(real.read_text())["mcp_servers"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_existing_file_mode_is_kept(env: dict[str, Any]) -> None:
+    s = make("codex", env)
+    s.config_path.parent.mkdir(parents=True)
+    s.config_path.write_text('model = "o3"\n')
+    s.config_path.chmod(0o600)
+    write_config(s)
+    assert stat.S_IMODE(s.config_path.stat().st_mode) == 0o600
+
+
+def test_write_uses_the_given_name(env: dict[str, Any]) -> None:
+    s = make("gemini", env, name="autoexp-sql")
+    write_config(s, name="autoexp-sql")
+    assert list(read(s)["mcpServers"]) == ["autoexp-sql"]
+    with pytest.raises(ConfigError, match="no server named"):
+        write_config(s)
