@@ -32,6 +32,7 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     experiment: int
+    tag: str | None = None
     commit: str
     parent: str | None = None
     timestamp: str

@@ -1,0 +1,350 @@
+"""Command line: serve, init, check, status, report, prompt, verify, install, demo.
+
+stdout belongs to the MCP protocol under `serve`; everything else may print freely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import CONFIG_FILE, DEFAULT_ENV_ALLOWLIST, load_config, starter_config
+from .errors import AutoexpError, ConfigError
+
+log = logging.getLogger("autoexp_mcp")
+
+
+def _repo_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", type=Path, default=None, help="the git repository (default: current directory)")
+
+
+def _repo(args: argparse.Namespace) -> Path:
+    return (args.repo or Path.cwd()).resolve()
+
+
+# --- serve -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .loop import Experiment
+    from .server import build_server
+
+    exp = Experiment(_repo(args), from_commit=args.from_commit)
+
+    def on_term(signum: int, _frame: object) -> None:
+        # Kill the eval's process group before going: the default handler would skip cleanup.
+        exp.close()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    log.info("autoexp-mcp %s serving %s on branch %s", __version__, exp.root, exp.cfg.experiment.branch)
+    try:
+        build_server(exp).run()
+    finally:
+        exp.close()
+    return 0
+
+
+# --- init --------------------------------------------------------------------------------
+
+
+def _metric_spec(spec: str, default_direction: str) -> tuple[str, str]:
+    name, _, direction = spec.partition(":")
+    direction = direction or default_direction
+    if direction not in ("max", "min"):
+        raise ConfigError(f"--metric {spec!r}: the direction must be 'max' or 'min' (e.g. f1:max)")
+    return name, direction
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    path = repo / CONFIG_FILE
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} already exists; pass --force to overwrite it.")
+    metrics = [_metric_spec(m, args.direction) for m in (args.metric or [])]
+    if not metrics:
+        raise ConfigError("give at least one --metric NAME (optionally NAME:max or NAME:min).")
+    tag = args.tag or f"{Path(args.target).stem}-{metrics[0][0]}".replace(" ", "-")
+    text = starter_config(
+        tag=tag,
+        target=args.target,
+        eval_cmd=args.eval,
+        metrics=metrics,  # type: ignore[arg-type]
+        timeout=args.timeout,
+        max_experiments=args.max_experiments,
+        max_hours=args.max_hours,
+        max_cost_usd=args.max_cost,
+        domain=args.domain,
+    )
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+    print("next: `autoexp-mcp check` runs the eval once and shows the metrics it reads.")
+    return 0
+
+
+# --- check -------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import guard, metrics
+    from .runner import EvalProcess, RunSpec, build_env, read_tail
+
+    repo = _repo(args)
+    cfg = load_config(repo)
+    exp = cfg.for_stage(0).experiment
+    guard.resolve_target(repo, exp.target)
+    print(f"config:  {repo / CONFIG_FILE} (tag {exp.tag}, target {exp.target})")
+    print(f"eval:    {exp.eval}   (timeout {exp.timeout:g}s, cwd {repo})")
+    with tempfile.TemporaryDirectory(prefix="autoexp-check-") as tmp:
+        log_path = Path(tmp) / "check.log"
+        spec = RunSpec(
+            argv=exp.argv,
+            cwd=repo,
+            env=build_env(
+                [*DEFAULT_ENV_ALLOWLIST, *exp.env],
+                {"AUTOEXP_RUN": "0", "AUTOEXP_REPEAT": "0", "AUTOEXP_REPEATS": "1"},
+            ),
+            timeout_s=exp.timeout,
+            log_path=log_path,
+            max_log_bytes=exp.max_log_bytes,
+            run_id=f"check-{uuid.uuid4().hex[:8]}",
+            cpu_seconds=exp.cpu_seconds,
+            memory_mb=exp.memory_mb,
+        )
+        try:
+            proc = EvalProcess(spec)
+        except AutoexpError as e:
+            print(f"FAIL: {e}")
+            return 1
+        proc.wait()
+        out = proc.outcome
+        assert out is not None
+        tail = read_tail(log_path, 1200)
+        print(
+            f"ran:     {out.elapsed_s:.2f}s, exit code {out.returncode}, {out.output_bytes} bytes of output"
+        )
+        if out.status == "timeout":
+            print(
+                f"FAIL: the eval ran past the timeout of {exp.timeout:g}s and was killed.\n--- output tail ---\n{tail}"
+            )
+            return 1
+        if out.status == "crash":
+            print(f"FAIL: the eval exited with code {out.returncode} (non-zero counts as a crash).")
+            print(f"--- output tail ---\n{tail}")
+            return 1
+        ex = metrics.extract(cfg.for_stage(0).metric, metrics.log_text_for_metrics(log_path), cwd=repo)
+    for m in cfg.for_stage(0).metric:
+        if m.name in ex.values:
+            print(f"metric:  {m.name} = {ex.values[m.name]:.6g}  ({m.direction}; {metrics.describe(m)})")
+        else:
+            print(f"FAIL:    {m.name}: {ex.errors[m.name]}  (expected {metrics.describe(m)})")
+    if not ex.ok:
+        print(f"--- output tail ---\n{tail}")
+        return 1
+    print("ok: the server can measure this experiment.")
+    return 0
+
+
+# --- status, report, prompt, verify ---------------------------------------------------------
+
+
+def _records(repo: Path):  # type: ignore[no-untyped-def]
+    from .ledger import Ledger
+
+    cfg = load_config(repo)
+    names: list[str] = []
+    for i in range(max(1, len(cfg.stage))):
+        names += [m.name for m in cfg.for_stage(i).metric if m.name not in names]
+    return cfg, list(Ledger(repo, names).records())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import budget, report
+    from .state import load_state
+
+    repo = _repo(args)
+    cfg, records = _records(repo)
+    st = load_state(repo)
+    if st is None:
+        print(f"no experiment has started in {repo} yet (start the server: autoexp-mcp serve).")
+        return 0
+    import time
+
+    stage_cfg = cfg.for_stage(st.stage)
+    view = budget.check(
+        budget.Usage(
+            st.experiments, st.consecutive_crashes, st.cost_usd, st.tokens_used, time.time() - st.started_at
+        ),
+        stage_cfg.budget,
+    )
+    line = (
+        f"{view.experiments_used} experiments"
+        + (f" of {stage_cfg.budget.max_experiments}" if stage_cfg.budget.max_experiments else "")
+        + f", ${view.cost_usd:.2f}, {view.hours_used:.2f} h"
+        + (f" — STOP: {view.reason}" if view.stop else "")
+    )
+    print(report.status_table(records, stage_cfg, phase=str(st.phase), budget_line=line, last=args.last))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    repo = _repo(args)
+    cfg = load_config(repo)
+    paths = report.write_report(repo, cfg, args.out)
+    for p in (paths.markdown, paths.chart):
+        if p is not None:
+            print(f"wrote {p}")
+    if paths.chart is None and paths.note:
+        print(paths.note)
+    return 0
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    from . import prompting
+
+    repo = _repo(args)
+    cfg, records = _records(repo)
+    print(prompting.render(cfg.for_stage(0), records[-200:], root=repo, domain=args.domain), end="")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    problems = verify(_repo(args))
+    if problems:
+        for p in problems:
+            print(f"FAIL: {p}")
+        return 1
+    print("ok: the ledger chain, results.tsv and every kept commit check out.")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    import shutil
+
+    from . import clients
+
+    repo = _repo(args)
+    exe_found = shutil.which("autoexp-mcp")
+    exe = Path(exe_found) if exe_found else Path(sys.argv[0]).absolute()
+    snip = clients.snippet(args.client, repo=repo, exe=exe, home=Path.home(), name=args.name)
+    print(f"# {args.client}: {snip.config_path}")
+    print(snip.text)
+    if snip.command_line:
+        print(f"# or run:\n{snip.command_line}")
+    if snip.notes:
+        print(f"# {snip.notes}")
+    if args.write:
+        backup = clients.write_config(snip, name=args.name)
+        print(f"merged into {snip.config_path}" + (f" (backup: {backup})" if backup else ""))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(experiments=args.experiments, keep=args.keep)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="autoexp-mcp",
+        description="An MCP server that runs a guarded modify-run-measure-keep/revert loop for a coding agent.",
+    )
+    ap.add_argument("--version", action="version", version=f"autoexp-mcp {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (to stderr)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the MCP server over stdio")
+    _repo_arg(p)
+    p.add_argument("--from", dest="from_commit", default=None, help="start a new tag from this commit")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("init", help="write a starter autoexp.toml")
+    _repo_arg(p)
+    p.add_argument("--target", required=True, help="the one file the agent may edit")
+    p.add_argument("--eval", required=True, help="the eval command (run without a shell)")
+    p.add_argument(
+        "--metric", action="append", help="metric name, optionally NAME:max or NAME:min; repeatable"
+    )
+    p.add_argument("--direction", choices=("max", "min"), default="max", help="default direction")
+    p.add_argument("--tag", default=None, help="branch autoexp/<tag> (default: from target and metric)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per eval run")
+    p.add_argument("--max-experiments", type=int, default=100)
+    p.add_argument("--max-hours", type=float, default=None)
+    p.add_argument("--max-cost", type=float, default=None, help="USD")
+    p.add_argument("--domain", default="generic", help="prompt template (see prompts/domains)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing autoexp.toml")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("check", help="run the eval once on the current tree and show the metrics read")
+    _repo_arg(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("status", help="phase, best vs baseline, last rows, budget used")
+    _repo_arg(p)
+    p.add_argument("--last", type=int, default=10, help="how many recent rows to show")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="write report.md and progress.png")
+    _repo_arg(p)
+    p.add_argument("--out", type=Path, default=None, help="output directory (default .autoexp/report)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("prompt", help="print the rendered agent instructions")
+    _repo_arg(p)
+    p.add_argument("--domain", default=None, help="override [experiment].domain")
+    p.set_defaults(func=cmd_prompt)
+
+    p = sub.add_parser("verify", help="check the ledger's hash chain, results.tsv and kept commits")
+    _repo_arg(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("install", help="register the server in an MCP client")
+    _repo_arg(p)
+    p.add_argument(
+        "--client",
+        required=True,
+        choices=("claude-code", "claude-desktop", "codex", "cursor", "vscode", "gemini"),
+    )
+    p.add_argument("--write", action="store_true", help="merge the entry into the client's config file")
+    p.add_argument("--name", default="autoexp", help="server name in the client")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("demo", help="run the regex example with a scripted agent over real MCP")
+    p.add_argument("--experiments", type=int, default=12, help="how many experiments after the baseline")
+    p.add_argument("--keep", type=Path, default=None, help="create the demo repository here and keep it")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="autoexp-mcp: %(levelname)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except AutoexpError as e:
+        print(f"autoexp-mcp: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

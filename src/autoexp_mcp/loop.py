@@ -1,0 +1,897 @@
+"""The Experiment: the seven operations of the loop as plain methods (no MCP).
+
+Every operation checks the phase, does its work, and persists the new state before it
+returns. Git and ledger actions are ordered so that a process killed at any point comes
+back consistent (see `_recover`). All methods are thread-safe; the eval itself runs in a
+background thread owned by the Experiment, so it outlives any one tool call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import budget as budgetmod
+from . import guard, ledger, metrics, policy
+from .config import DEFAULT_ENV_ALLOWLIST, Config, load_config
+from .errors import (
+    AutoexpError,
+    BudgetExhausted,
+    DirtyTreeError,
+    EvalError,
+    GuardError,
+    IntegrityError,
+    LockError,
+    OrderError,
+)
+from .gitops import Git
+from .models import (
+    Best,
+    BudgetStatus,
+    CommitResult,
+    DecideResult,
+    EvalView,
+    LogResult,
+    Row,
+    TargetView,
+    WriteResult,
+)
+from .runner import EvalProcess, RunOutcome, RunSpec, kill_marked, read_tail
+from .state import (
+    STATE_DIR,
+    DecisionState,
+    EvalResult,
+    Pending,
+    Phase,
+    Point,
+    State,
+    load_state,
+    save_state,
+)
+
+log = logging.getLogger("autoexp_mcp")
+
+TAIL_BYTES = 1500  # output tail returned to the agent: enough to see an error, small for the context
+MAX_DESCRIPTION = 500
+MAX_NOTES = 2000
+ARCHIVE_DIR = "archive"
+
+_NEXT = {
+    Phase.EDITED: "commit",
+    Phase.COMMITTED: "run_eval",
+    Phase.RUNNING: "run_eval",
+    Phase.EVALUATED: "decide",
+    Phase.DECIDED: "log_result",
+}
+_ALLOWED = {
+    "write_target": (Phase.IDLE, Phase.EDITED),
+    "commit": (Phase.EDITED,),
+    "run_eval": (Phase.COMMITTED, Phase.RUNNING, Phase.EVALUATED),
+    "decide": (Phase.EVALUATED,),
+    "log_result": (Phase.DECIDED,),
+}
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Job:
+    """One experiment's eval run(s) in a background thread."""
+
+    def __init__(self, exp: Experiment, run: int) -> None:
+        self.exp = exp
+        self.run = run
+        self.run_id = f"{uuid.uuid4().hex[:12]}-{run}"
+        self.current: EvalProcess | None = None
+        self.repeats_done = 0
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.cancelled = False
+        self.thread = threading.Thread(target=self._main, name=f"autoexp-run-{run}", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            result = self.exp._execute(self)
+        except Exception as e:  # a bug must not leave the loop stuck in RUNNING
+            log.exception("eval run %s failed inside the server", self.run)
+            result = EvalResult(status="crash", reason=f"internal error in the server: {e}")
+        try:
+            if not self.cancelled:
+                self.exp._finish_run(self, result)
+        finally:
+            self.done.set()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def tail(self) -> str:
+        proc = self.current
+        return proc.tail(TAIL_BYTES) if proc is not None else ""
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        proc = self.current
+        if proc is not None:
+            proc.kill()
+
+
+class Experiment:
+    def __init__(self, repo: Path, cfg: Config | None = None, *, from_commit: str | None = None) -> None:
+        self.git = Git(Path(repo))
+        self.root = self.git.root
+        self.full_cfg = cfg if cfg is not None else load_config(self.root)
+        self.dir = self.root / STATE_DIR
+        self.dir.mkdir(exist_ok=True)
+        self._lock = threading.RLock()
+        self._job: _Job | None = None
+        self._lockfile = self._acquire_lock()
+        try:
+            self.git.ensure_excluded()
+            self._switch_tag_files()
+            self.state = self._open(from_commit)
+            self.protected = guard.Protected(
+                self.root, self.cfg.experiment.protect, self.dir / "protect.json"
+            )
+            self.protected.load_or_snapshot()
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- set-up ---------------------------------------------------------------------
+
+    @property
+    def cfg(self) -> Config:
+        return self.full_cfg.for_stage(self.state.stage if hasattr(self, "state") else 0)
+
+    @property
+    def ledger(self) -> ledger.Ledger:
+        names: list[str] = []
+        for cfg in [self.full_cfg.for_stage(i) for i in range(max(1, len(self.full_cfg.stage)))]:
+            names += [m.name for m in cfg.metric if m.name not in names]
+        return ledger.Ledger(self.root, names)
+
+    def _acquire_lock(self) -> int:
+        path = self.dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockError(
+                f"another autoexp-mcp server (pid {holder}) is running the experiment in {self.root}. "
+                "Stop it first; only one server may drive a repository at a time."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _switch_tag_files(self) -> None:
+        """On a new tag, archive the previous tag's state, logs and ledger (and bring back this
+        tag's, if it ran before), so the files at the top always belong to the current tag."""
+        old = load_state(self.root)
+        tag = self.full_cfg.experiment.tag
+        if old is None or old.tag == tag:
+            return
+        movable = [self.dir / "state.json", self.dir / "runs", self.dir / "protect.json"]
+        movable += [self.root / ledger.RESULTS_TSV, self.root / ledger.EXPERIMENTS_JSONL]
+        dest = self.dir / ARCHIVE_DIR / old.tag
+        if dest.exists():
+            dest = dest.with_name(f"{old.tag}-{int(time.time())}")
+        dest.mkdir(parents=True)
+        for p in movable:
+            if p.exists():
+                shutil.move(str(p), str(dest / p.name))
+        back = self.dir / ARCHIVE_DIR / tag
+        if back.is_dir():
+            for p in back.iterdir():
+                where = self.root if p.name in (ledger.RESULTS_TSV, ledger.EXPERIMENTS_JSONL) else self.dir
+                shutil.move(str(p), str(where / p.name))
+            back.rmdir()
+        log.warning("experiment tag changed from %s to %s; the old files are in %s", old.tag, tag, dest)
+
+    def _open(self, from_commit: str | None) -> State:
+        exp = self.full_cfg.experiment
+        state = load_state(self.root)
+        branch = exp.branch
+        if state is not None and self.git.current_branch() != branch:
+            self._refuse_dirty()
+            self.git.checkout_branch(branch)
+        if state is not None:
+            return state
+        if self.git.branch_exists(branch):
+            if from_commit is not None:
+                raise GuardError(f"branch {branch} already exists; --from only applies to a new tag.")
+            if self.git.current_branch() != branch:
+                self._refuse_dirty()
+                self.git.checkout_branch(branch)
+            start = self.git.head()
+        else:
+            self._refuse_dirty()
+            start = self.git.resolve(from_commit) if from_commit else self.git.head()
+            self.git.checkout_branch(branch, start)
+        state = State(tag=exp.tag, branch=branch, start_commit=start, started_at=time.time(), harness=None)
+        self.state = state
+        self._check_target_tracked(start)
+        state.harness = self._harness_hash(start)
+        self._save()
+        return state
+
+    def _refuse_dirty(self, allow: Sequence[str] = ()) -> None:
+        changed = self.git.changed()
+        changed = [p for p in changed if p not in allow]
+        if changed:
+            shown = ", ".join(changed[:20]) + (f" and {len(changed) - 20} more" if len(changed) > 20 else "")
+            raise DirtyTreeError(
+                f"the working tree has uncommitted changes to tracked files: {shown}. Commit or stash them "
+                "first; autoexp-mcp only starts from a clean tree so that every result is reproducible."
+            )
+
+    def _check_target_tracked(self, commit: str) -> None:
+        target = self.cfg.experiment.target
+        guard.resolve_target(self.root, target)
+        if not self.git.is_tracked(target):
+            raise GuardError(
+                f"target {target} is not tracked by git. `git add {target}` and commit it first."
+            )
+        del commit
+
+    def _harness_hash(self, commit: str) -> str:
+        """Identifies what the metric is measured with: every tracked file but the target, and
+        the protected data (git tree of the commit without the target's entry)."""
+        out = str(self.git._g.ls_tree("-r", "--full-tree", commit))
+        target = self.cfg.experiment.target
+        lines = [ln for ln in out.splitlines() if ln.split("\t", 1)[-1] != target]
+        h = hashlib.sha256("\n".join(lines).encode())
+        return h.hexdigest()
+
+    def _recover(self) -> None:
+        """Make git agree with the persisted phase after a restart (or a crash)."""
+        st = self.state
+        head = self.git.head()
+        expected = self._expected_head()
+        p = st.pending
+        if st.phase in (Phase.IDLE, Phase.EDITED) and head != expected:
+            # A commit made but not recorded (killed between git commit and the state write),
+            # or made behind our back: keep its content as an uncommitted edit of the target.
+            log.warning("HEAD %s is not the incumbent %s; moving back", head[:12], expected[:12])
+            self.git.unstage_all(expected)
+            target = self.cfg.experiment.target
+            changed = self.git.changed()
+            others = [c for c in changed if c != target]
+            self.git.restore(expected, others)
+            if target in changed and st.phase == Phase.IDLE:
+                st.phase = Phase.EDITED
+                st.pending = Pending(experiment=st.experiments + 1, parent=expected)
+                self._save()
+        elif st.phase == Phase.RUNNING and p is not None and p.run_id:
+            # The eval of the previous server died with it (or must): run it again on the next run_eval.
+            kill_marked(p.run_id)
+        elif st.phase == Phase.DECIDED and p is not None:
+            if head != expected:
+                self.git.reset_hard(expected)
+            self._log_if_written()
+
+    def _log_if_written(self) -> None:
+        """After a crash between the ledger append and the state write, finish the transition."""
+        st = self.state
+        p = st.pending
+        last = self.ledger.last_record()
+        if p is not None and last is not None and last.experiment == p.experiment and last.tag == st.tag:
+            self._advance_after_log(p, float(last.cost_usd), int(last.tokens_used))
+
+    def _expected_head(self) -> str:
+        st = self.state
+        p = st.pending
+        if st.phase in (Phase.COMMITTED, Phase.RUNNING, Phase.EVALUATED) and p is not None and p.commit:
+            return p.commit
+        if st.incumbent is not None:
+            return st.incumbent.commit
+        return st.start_commit
+
+    def _save(self) -> None:
+        save_state(self.root, self.state)
+
+    def close(self) -> None:
+        """Stop a running eval (the whole process group) and release the lock."""
+        job = self._job
+        if job is not None and not job.done.is_set():
+            job.cancel()
+            job.done.wait(5)
+        fd = getattr(self, "_lockfile", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self._lockfile = None
+
+    # --- helpers --------------------------------------------------------------------
+
+    def next_tool(self) -> str:
+        st = self.state
+        if st.phase in _NEXT:
+            return _NEXT[st.phase]
+        if self.budget().stop:
+            return "stop"
+        return "run_eval" if st.incumbent is None else "write_target"
+
+    def _require(self, tool: str) -> None:
+        phase = self.state.phase
+        if tool == "run_eval" and phase == Phase.IDLE and self.state.incumbent is None:
+            return  # the baseline
+        if phase not in _ALLOWED[tool]:
+            nxt = self.next_tool()
+            if tool == "write_target" and self.state.incumbent is None and phase == Phase.IDLE:
+                msg = "the baseline has not been measured yet: call run_eval on the untouched target first."
+            else:
+                msg = f"{tool} is not allowed in phase '{phase}'. Call {nxt} next."
+            raise OrderError(msg, nxt)
+
+    def _usage(self) -> budgetmod.Usage:
+        st = self.state
+        return budgetmod.Usage(
+            experiments=st.experiments - st.stage_started_experiments
+            if self.full_cfg.stage
+            else st.experiments,
+            consecutive_crashes=st.consecutive_crashes,
+            cost_usd=st.cost_usd,
+            tokens_used=st.tokens_used,
+            elapsed_s=max(0.0, time.time() - st.started_at),
+        )
+
+    def budget(self) -> budgetmod.BudgetView:
+        return budgetmod.check(self._usage(), self.cfg.budget)
+
+    def _require_budget(self) -> None:
+        view = self.budget()
+        if view.stop:
+            raise BudgetExhausted(f"the budget is spent: {view.reason}. No further experiment may start.")
+
+    def _target_path(self) -> Path:
+        return guard.resolve_target(self.root, self.cfg.experiment.target)
+
+    def _integrity(self, expected_head: str, *, restore: bool = True) -> list[str]:
+        """Tracked files other than the target that differ from `expected_head`, and changed
+        protected data (`protect` globs, which also catch new untracked files that match them).
+        Tracked files are restored from the commit."""
+        target = self.cfg.experiment.target
+        bad: list[str] = []
+        head = self.git.head()
+        if head != expected_head:
+            bad.append(f"HEAD moved to {head[:12]} (expected {expected_head[:12]})")
+            if restore:
+                self.git.unstage_all(expected_head)
+        changed = self.git.changed()
+        tracked_bad = [c for c in changed if c != target]
+        if tracked_bad and restore:
+            self.git.restore(expected_head, tracked_bad)
+        bad += tracked_bad
+        bad += self.protected.violations()
+        return bad
+
+    def _check_integrity(self, expected_head: str, when: str) -> None:
+        bad = self._integrity(expected_head)
+        if bad:
+            shown = ", ".join(bad[:20])
+            raise IntegrityError(
+                f"{when}: files other than the target changed: {shown}. Tracked files were restored "
+                "from the incumbent commit; untracked files are never deleted, so remove new ones or "
+                "restore protected data yourself. Only the target may change, and only via write_target.",
+                bad,
+            )
+
+    def _short(self, sha: str | None) -> str:
+        return (sha or "")[:7]
+
+    def _best(self, point: Point | None) -> Best | None:
+        if point is None:
+            return None
+        return Best(commit=self._short(point.commit), metrics=point.metrics, experiment=point.experiment)
+
+    # --- the seven operations ----------------------------------------------------------
+
+    def read_target(self) -> TargetView:
+        with self._lock:
+            path = self._target_path()
+            text = guard.read_text(path, self.cfg.experiment.max_target_bytes)
+            return TargetView(
+                path=self.cfg.experiment.target,
+                content=text,
+                sha256=guard.sha256(text.encode()),
+                lines=len(text.splitlines()),
+                phase=str(self.state.phase),
+                next=self.next_tool(),
+            )
+
+    def write_target(
+        self, content: str | None = None, edits: Sequence[tuple[str, str]] | None = None
+    ) -> WriteResult:
+        with self._lock:
+            self._require("write_target")
+            if self.state.phase == Phase.IDLE:
+                self._require_budget()
+            if (content is None) == (edits is None):
+                raise GuardError(
+                    "give exactly one of `content` (the whole new file) or `edits` ({old, new} pairs)."
+                )
+            path = self._target_path()
+            limit = self.cfg.experiment.max_target_bytes
+            current = guard.read_text(path, limit)
+            new = content if content is not None else guard.apply_edits(current, edits or [])
+            data = guard.check_content(new, limit)
+            guard.atomic_write_file(path, data)
+            st = self.state
+            if st.phase == Phase.IDLE:
+                assert st.incumbent is not None
+                st.phase = Phase.EDITED
+                st.pending = Pending(experiment=st.experiments + 1, parent=st.incumbent.commit)
+                self._save()
+            base = self.git.show_file(self._expected_head(), self.cfg.experiment.target).decode(
+                "utf-8", "replace"
+            )
+            return WriteResult(
+                path=self.cfg.experiment.target,
+                sha256=guard.sha256(data),
+                lines=len(new.splitlines()),
+                diff_lines=_diff_lines(base, new),
+                next="commit",
+            )
+
+    def commit(self, description: str) -> CommitResult:
+        with self._lock:
+            self._require("commit")
+            desc = ledger.clean_text(description, MAX_DESCRIPTION)
+            if not desc:
+                raise GuardError("description is empty: state the hypothesis this edit tests, in one line.")
+            st = self.state
+            p = st.pending
+            assert p is not None and st.incumbent is not None
+            self._target_path()
+            self._check_integrity(st.incumbent.commit, "before commit")
+            target = self.cfg.experiment.target
+            changed = self.git.changed()
+            if target not in changed:
+                raise GuardError(
+                    "the target is identical to the incumbent: there is nothing to commit. "
+                    "Change it with write_target first."
+                )
+            sha = self.git.commit_file(target, f"autoexp #{p.experiment}: {desc}")
+            p.commit = sha
+            p.description = desc
+            p.diff_lines = self.git.diff_lines(p.parent, sha, target)
+            st.phase = Phase.COMMITTED
+            self._save()
+            return CommitResult(
+                commit=self._short(sha),
+                description=desc,
+                diff_lines=p.diff_lines,
+                experiment=p.experiment,
+                next="run_eval",
+            )
+
+    def start_eval(self) -> _Job | None:
+        """Start the eval for the pending commit (or the baseline), or return the running job.
+        Returns None when the result is already in (phase EVALUATED)."""
+        with self._lock:
+            self._require("run_eval")
+            st = self.state
+            if st.phase == Phase.EVALUATED:
+                return None
+            if st.phase == Phase.IDLE:  # the baseline
+                self._require_budget()
+                head = self.git.head()
+                st.pending = Pending(
+                    experiment=st.experiments + 1,
+                    baseline=True,
+                    parent=head,
+                    commit=head,
+                    description="baseline",
+                )
+                st.phase = Phase.COMMITTED
+            if self._job is not None and not self._job.done.is_set():
+                return self._job
+            p = st.pending
+            assert p is not None and p.commit is not None
+            st.runs += 1
+            job = _Job(self, st.runs)
+            p.run = st.runs
+            p.run_id = job.run_id
+            p.run_started = time.time()
+            st.phase = Phase.RUNNING
+            self._save()
+            (self.dir / "runs").mkdir(exist_ok=True)
+            self._job = job
+            job.thread.start()
+            return job
+
+    def run_eval(self, wait_seconds: float | None = None) -> EvalView:
+        """Start or resume the eval and wait up to `wait_seconds` for it (plain, blocking)."""
+        job = self.start_eval()
+        if job is not None:
+            job.done.wait(self.wait_limit(wait_seconds))
+        return self.eval_view()
+
+    def wait_limit(self, wait_seconds: float | None) -> float:
+        default = self.cfg.experiment.wait_seconds
+        if wait_seconds is None:
+            return default
+        return max(0.0, min(float(wait_seconds), 3600.0))
+
+    def eval_view(self) -> EvalView:
+        with self._lock:
+            st = self.state
+            p = st.pending
+            if p is None or p.run is None:
+                raise OrderError(f"no eval has been started. Call {self.next_tool()} next.", self.next_tool())
+            job = self._job
+            common: dict[str, Any] = dict(
+                run=p.run,
+                commit=self._short(p.commit),
+                experiment=p.experiment,
+                baseline=p.baseline,
+                repeats=self.cfg.policy.repeats,
+            )
+            if st.phase == Phase.RUNNING:
+                elapsed = job.elapsed() if job is not None else 0.0
+                return EvalView(
+                    status="running",
+                    elapsed_s=round(elapsed, 1),
+                    metrics={},
+                    tail=job.tail() if job else "",
+                    repeats_done=job.repeats_done if job else 0,
+                    reason=f"still running after {elapsed:.0f}s (timeout {self.cfg.experiment.timeout:g}s); "
+                    "call run_eval again to keep waiting on the same run",
+                    next="run_eval",
+                    **common,
+                )
+            r = p.result
+            assert r is not None
+            tail = read_tail(self.root / r.log, TAIL_BYTES) if r.log else ""
+            return EvalView(
+                status=r.status,
+                elapsed_s=r.elapsed_s,
+                metrics=r.metrics,
+                std=r.std or None,
+                tail=tail,
+                repeats_done=len(next(iter(r.values.values()), [])) if r.values else 0,
+                reason=r.reason,
+                next=self.next_tool(),
+                **common,
+            )
+
+    def decide(self) -> DecideResult:
+        with self._lock:
+            self._require("decide")
+            st = self.state
+            p = st.pending
+            assert p is not None and p.result is not None and p.commit is not None
+            r = p.result
+            cfg = self.cfg
+            point = Point(
+                commit=p.commit,
+                metrics={k: v for k, v in r.metrics.items() if v is not None},
+                values=r.values,
+                holdout=r.holdout,
+                experiment=p.experiment,
+            )
+            if r.status in ("crash", "timeout"):
+                d = policy.Decision(r.status, r.status, r.reason or r.status)  # type: ignore[arg-type]
+            elif p.baseline and st.incumbent is None:
+                d = policy.decide(policy.Measurement(r.values), None, cfg, experiment_index=0)
+            else:
+                assert st.incumbent is not None
+                d = policy.decide(
+                    policy.Measurement(r.values),
+                    policy.Measurement(st.incumbent.values),
+                    cfg,
+                    experiment_index=p.experiment - 1 - st.stage_started_experiments,
+                )
+                if d.status == "keep" and r.holdout_failed:
+                    d = policy.Decision(
+                        "discard", "holdout", "held-out check failed: the change does not generalise"
+                    )
+            kept = d.status in ("keep", "explore")
+            p.decision = DecisionState(status=d.status, rule=d.rule, reason=d.reason, margin=d.margin)
+            if kept:
+                st.incumbent = point
+                if d.status == "keep" and (st.best is None or _is_better(cfg, point, st.best)):
+                    st.best = point
+                if st.baseline is None:
+                    st.baseline = point
+            st.phase = Phase.DECIDED
+            # Persist the decision before touching git: a restart re-applies the reset.
+            self._save()
+            reverted = False
+            if not kept and not p.baseline:
+                assert st.incumbent is not None
+                self.git.reset_hard(st.incumbent.commit)
+                reverted = True
+            return DecideResult(
+                status=d.status,
+                commit=self._short(p.commit),
+                experiment=p.experiment,
+                metrics=r.metrics,
+                rule=d.rule,
+                reason=d.reason,
+                margin=d.margin,
+                incumbent=self._best(st.incumbent),
+                best=self._best(st.best),
+                reverted=reverted,
+                next="log_result",
+            )
+
+    def log_result(
+        self,
+        description: str | None = None,
+        notes: str = "",
+        tokens_used: int = 0,
+        cost_usd: float | None = None,
+    ) -> LogResult:
+        with self._lock:
+            self._require("log_result")
+            if tokens_used < 0 or (cost_usd is not None and (cost_usd < 0 or cost_usd != cost_usd)):
+                raise GuardError("tokens_used and cost_usd must be non-negative numbers.")
+            st = self.state
+            p = st.pending
+            assert p is not None and p.decision is not None and p.result is not None and p.commit is not None
+            cost = budgetmod.cost_of(tokens_used, cost_usd, self.cfg.budget)
+            desc = ledger.clean_text(description, MAX_DESCRIPTION) if description else p.description
+            r = p.result
+            fields = dict(
+                experiment=p.experiment,
+                tag=st.tag,
+                commit=self._short(p.commit),
+                parent=self._short(p.parent),
+                timestamp=_now_iso(),
+                status=p.decision.status,
+                metrics={m.name: r.metrics.get(m.name) for m in self.cfg.metric},
+                std=r.std or None,
+                repeats=r.values if self.cfg.policy.repeats > 1 else None,
+                description=desc or ("baseline" if p.baseline else ""),
+                notes=ledger.clean_text(notes, MAX_NOTES),
+                diff_lines=p.diff_lines,
+                wall_time_s=r.elapsed_s,
+                tokens_used=int(tokens_used),
+                cost_usd=round(cost, 6),
+                cumulative_cost_usd=round(st.cost_usd + cost, 6),
+                rule=p.decision.rule,
+                reason=p.decision.reason,
+                best_commit=self._short(st.best.commit) if st.best else None,
+                best_metrics=st.best.metrics if st.best else None,
+                stage=self.full_cfg.stage_name(st.stage),
+                run=p.run,
+                log=r.log,
+                log_truncated=r.log_truncated,
+                harness=st.harness,
+            )
+            rec = self.ledger.append(fields)
+            self._advance_after_log(p, cost, int(tokens_used))
+            return LogResult(
+                row=Row(
+                    experiment=rec.experiment,
+                    commit=rec.commit,
+                    status=rec.status,
+                    metrics=rec.metrics,
+                    description=rec.description,
+                    reason=rec.reason,
+                    wall_time_s=rec.wall_time_s,
+                    diff_lines=rec.diff_lines,
+                    cost_usd=rec.cost_usd,
+                ),
+                budget=self.budget_status(),
+                next=self.next_tool(),
+            )
+
+    def _advance_after_log(self, p: Pending, cost: float, tokens: int) -> None:
+        st = self.state
+        assert p.decision is not None
+        st.experiments = p.experiment
+        st.cost_usd += cost
+        st.tokens_used += tokens
+        st.consecutive_crashes = (
+            st.consecutive_crashes + 1 if p.decision.status in ("crash", "timeout") else 0
+        )
+        st.pending = None
+        st.phase = Phase.IDLE
+        self._save()
+
+    def budget_status(self) -> BudgetStatus:
+        with self._lock:
+            v = self.budget()
+            return BudgetStatus(
+                experiments_used=v.experiments_used,
+                experiments_left=v.experiments_left,
+                consecutive_crashes=v.consecutive_crashes,
+                stop=v.stop,
+                reason=v.reason,
+                phase=str(self.state.phase),
+                cost_usd=v.cost_usd,
+                cost_left_usd=v.cost_left_usd,
+                hours_used=v.hours_used,
+                hours_left=v.hours_left,
+                stage=self.full_cfg.stage_name(self.state.stage),
+                best=self._best(self.state.best),
+                next=self.next_tool(),
+            )
+
+    # --- views for the prompt, resources and the CLI -----------------------------------------
+
+    def stage_line(self) -> str:
+        st = self.state
+        if not self.full_cfg.stage:
+            return ""
+        name = self.full_cfg.stage_name(st.stage)
+        return (
+            f"- **Pipeline stage**: {st.stage + 1} of {len(self.full_cfg.stage)} ({name}); earlier stages' "
+            "targets are frozen."
+        )
+
+    def render_prompt(self, domain: str | None = None) -> str:
+        from . import prompting
+
+        records = self.ledger.tail(200)
+        return prompting.render(
+            self.cfg, records, root=self.root, domain=domain, stage_line=self.stage_line()
+        )
+
+    def last_log(self) -> Path | None:
+        runs = self.dir / "runs"
+        n = self.state.runs
+        if n == 0 or not runs.is_dir():
+            return None
+        candidates = sorted(runs.glob(f"{n}-*.log"), key=lambda p: p.stat().st_mtime) or [runs / f"{n}.log"]
+        path = candidates[-1]
+        return path if path.exists() else None
+
+    def report_markdown(self) -> str:
+        from . import report
+
+        return report.render_markdown(list(self.ledger.records()), self.cfg)
+
+    # --- the eval, in the job's thread ---------------------------------------------------
+
+    def _eval_env(self, job: _Job, repeat: int, commit: str) -> dict[str, str]:
+        cfg = self.cfg
+        p = self.state.pending
+        extra = {
+            "AUTOEXP_RUN": str(job.run),
+            "AUTOEXP_REPEAT": str(repeat),
+            "AUTOEXP_REPEATS": str(cfg.policy.repeats),
+            "AUTOEXP_EXPERIMENT": str(p.experiment if p else 0),
+            "AUTOEXP_COMMIT": commit,
+            "AUTOEXP_TAG": cfg.experiment.tag,
+            "AUTOEXP_TARGET": cfg.experiment.target,
+        }
+        from .runner import build_env
+
+        return build_env([*DEFAULT_ENV_ALLOWLIST, *cfg.experiment.env], extra)
+
+    def _run_once(
+        self, job: _Job, argv: Sequence[str], log_name: str, repeat: int, commit: str, timeout: float
+    ) -> RunOutcome:
+        exp = self.cfg.experiment
+        spec = RunSpec(
+            argv=argv,
+            cwd=self.root,
+            env=self._eval_env(job, repeat, commit),
+            timeout_s=timeout,
+            log_path=self.dir / "runs" / log_name,
+            max_log_bytes=exp.max_log_bytes,
+            run_id=job.run_id,
+            cpu_seconds=exp.cpu_seconds,
+            memory_mb=exp.memory_mb,
+        )
+        proc = EvalProcess(spec)
+        job.current = proc
+        proc.wait()
+        assert proc.outcome is not None
+        return proc.outcome
+
+    def _execute(self, job: _Job) -> EvalResult:
+        cfg = self.cfg
+        with self._lock:
+            p = self.state.pending
+            assert p is not None and p.commit is not None
+            commit = p.commit
+        k_total = cfg.policy.repeats
+        values: dict[str, list[float]] = {m.name: [] for m in cfg.metric}
+        elapsed = 0.0
+        log_rel = ""
+        truncated = False
+        rc: int | None = None
+        for k in range(k_total):
+            if job.cancelled:
+                return EvalResult(status="crash", reason="cancelled")
+            with self._lock:
+                bad = self._integrity(commit)
+            if bad:
+                return EvalResult(
+                    status="crash", reason="harness changed before the run: " + ", ".join(bad[:10])
+                )
+            name = f"{job.run}.log" if k_total == 1 else f"{job.run}-{k + 1}.log"
+            log_rel = f"{STATE_DIR}/runs/{name}"
+            try:
+                out = self._run_once(job, cfg.experiment.argv, name, k, commit, cfg.experiment.timeout)
+            except EvalError as e:
+                return EvalResult(status="crash", reason=str(e), log=log_rel)
+            elapsed += out.elapsed_s
+            truncated = truncated or out.truncated
+            rc = out.returncode
+            with self._lock:
+                bad = self._integrity(commit)
+            base = dict(elapsed_s=round(elapsed, 3), log=log_rel, log_truncated=truncated, returncode=rc)
+            if bad:
+                return EvalResult(
+                    status="crash", reason="harness changed during the run: " + ", ".join(bad[:10]), **base
+                )
+            if out.status == "timeout":
+                return EvalResult(
+                    status="timeout",
+                    reason=f"the eval ran past the timeout of {cfg.experiment.timeout:g}s and was killed",
+                    **base,
+                )
+            text = metrics.log_text_for_metrics(self.root / log_rel)
+            ex = metrics.extract(cfg.metric, text, cwd=self.root)
+            if out.status == "crash":
+                return EvalResult(
+                    status="crash", reason=f"the eval exited with code {out.returncode}", **base
+                )
+            if not ex.ok:
+                return EvalResult(status="crash", reason="no usable metric: " + ex.summary(), **base)
+            for name_, v in ex.values.items():
+                values[name_].append(v)
+            job.repeats_done = k + 1
+        meas = policy.Measurement(values)
+        return EvalResult(
+            status="done",
+            metrics=meas.means(),
+            values=values,
+            std=meas.stds() if k_total > 1 else {},
+            elapsed_s=round(elapsed, 3),
+            log=log_rel,
+            log_truncated=truncated,
+            returncode=rc,
+            reason=f"measured in {elapsed:.1f}s" + (f" over {k_total} runs" if k_total > 1 else ""),
+        )
+
+    def _finish_run(self, job: _Job, result: EvalResult) -> None:
+        with self._lock:
+            if self._job is not job:
+                return
+            p = self.state.pending
+            assert p is not None
+            p.result = result
+            self.state.phase = Phase.EVALUATED
+            self._save()
+
+
+def _diff_lines(a: str, b: str) -> int:
+    import difflib
+
+    return sum(
+        1
+        for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    )
+
+
+def _is_better(cfg: Config, a: Point, b: Point) -> bool:
+    m = cfg.objective
+    if m.name not in a.metrics or m.name not in b.metrics:
+        return True
+    return policy.better(m, a.metrics[m.name], b.metrics[m.name]) > 0
+
+
+__all__ = ["AutoexpError", "Experiment"]

@@ -1,0 +1,138 @@
+"""The persisted phase machine: `.autoexp/state.json`, written atomically after every change.
+
+A restarted server reads it back and continues where the previous one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STATE_DIR = ".autoexp"
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    EDITED = "edited"
+    COMMITTED = "committed"
+    RUNNING = "running"
+    EVALUATED = "evaluated"
+    DECIDED = "decided"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Point(_Model):
+    """A measured commit: means per metric, and every repeat's values."""
+
+    commit: str
+    metrics: dict[str, float]
+    values: dict[str, list[float]] = Field(default_factory=dict)
+    holdout: float | None = None
+    experiment: int | None = None
+
+
+class EvalResult(_Model):
+    status: str  # done | crash | timeout
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    values: dict[str, list[float]] = Field(default_factory=dict)
+    std: dict[str, float] = Field(default_factory=dict)
+    elapsed_s: float = 0.0
+    reason: str = ""
+    log: str | None = None
+    log_truncated: bool = False
+    returncode: int | None = None
+    holdout: float | None = None
+    holdout_failed: bool = False
+
+
+class DecisionState(_Model):
+    status: str
+    rule: str
+    reason: str
+    margin: float | None = None
+
+
+class Pending(_Model):
+    """The experiment in flight, from its first edit (or the baseline run) to its ledger row."""
+
+    experiment: int
+    baseline: bool = False
+    parent: str  # the incumbent when the experiment started: where a revert goes
+    commit: str | None = None
+    description: str = ""
+    diff_lines: int = 0
+    run: int | None = None
+    run_id: str | None = None
+    run_started: float | None = None
+    result: EvalResult | None = None
+    decision: DecisionState | None = None
+    explore: bool = False
+    drift_note: str | None = None
+
+
+class State(_Model):
+    version: int = STATE_VERSION
+    tag: str
+    branch: str
+    start_commit: str
+    phase: Phase = Phase.IDLE
+    incumbent: Point | None = None
+    best: Point | None = None
+    baseline: Point | None = None
+    experiments: int = 0  # rows logged, the baseline included
+    consecutive_crashes: int = 0
+    cost_usd: float = 0.0
+    tokens_used: int = 0
+    started_at: float  # epoch seconds when the loop began (wall-clock budget)
+    runs: int = 0  # eval runs started (names the log files)
+    stage: int = 0
+    stage_started_experiments: int = 0
+    harness: str | None = None
+    pending: Pending | None = None
+
+
+def state_path(root: Path) -> Path:
+    return root / STATE_DIR / STATE_FILE
+
+
+def load_state(root: Path) -> State | None:
+    path = state_path(root)
+    if not path.exists():
+        return None
+    return State.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save_state(root: Path, state: State) -> None:
+    atomic_write(state_path(root), json.dumps(state.model_dump(mode="json"), indent=1).encode())
