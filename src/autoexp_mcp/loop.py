@@ -141,9 +141,7 @@ class Experiment:
             self.git.ensure_excluded()
             self._switch_tag_files()
             self.state = self._open(from_commit)
-            self.protected = guard.Protected(
-                self.root, self.cfg.experiment.protect, self.dir / "protect.json"
-            )
+            self.protected = guard.Protected(self.root, self.cfg.experiment.protect, self.dir / "protect.json")
             self.protected.load_or_snapshot()
             self._recover()
         except BaseException:
@@ -244,9 +242,7 @@ class Experiment:
         target = self.cfg.experiment.target
         guard.resolve_target(self.root, target)
         if not self.git.is_tracked(target):
-            raise GuardError(
-                f"target {target} is not tracked by git. `git add {target}` and commit it first."
-            )
+            raise GuardError(f"target {target} is not tracked by git. `git add {target}` and commit it first.")
         del commit
 
     def _harness_hash(self, commit: str) -> str:
@@ -328,23 +324,23 @@ class Experiment:
         return "run_eval" if st.incumbent is None else "write_target"
 
     def _require(self, tool: str) -> None:
-        phase = self.state.phase
-        if tool == "run_eval" and phase == Phase.IDLE and self.state.incumbent is None:
+        st = self.state
+        baseline_pending = st.incumbent is None and st.phase == Phase.IDLE
+        if tool == "run_eval" and baseline_pending:
             return  # the baseline
-        if phase not in _ALLOWED[tool]:
+        if baseline_pending:
+            raise OrderError(
+                f"{tool}: the baseline has not been measured yet. Call run_eval on the untouched target first.",
+                "run_eval",
+            )
+        if st.phase not in _ALLOWED[tool]:
             nxt = self.next_tool()
-            if tool == "write_target" and self.state.incumbent is None and phase == Phase.IDLE:
-                msg = "the baseline has not been measured yet: call run_eval on the untouched target first."
-            else:
-                msg = f"{tool} is not allowed in phase '{phase}'. Call {nxt} next."
-            raise OrderError(msg, nxt)
+            raise OrderError(f"{tool} is not allowed in phase '{st.phase}'. Call {nxt} next.", nxt)
 
     def _usage(self) -> budgetmod.Usage:
         st = self.state
         return budgetmod.Usage(
-            experiments=st.experiments - st.stage_started_experiments
-            if self.full_cfg.stage
-            else st.experiments,
+            experiments=st.experiments - st.stage_started_experiments if self.full_cfg.stage else st.experiments,
             consecutive_crashes=st.consecutive_crashes,
             cost_usd=st.cost_usd,
             tokens_used=st.tokens_used,
@@ -415,17 +411,13 @@ class Experiment:
                 next=self.next_tool(),
             )
 
-    def write_target(
-        self, content: str | None = None, edits: Sequence[tuple[str, str]] | None = None
-    ) -> WriteResult:
+    def write_target(self, content: str | None = None, edits: Sequence[tuple[str, str]] | None = None) -> WriteResult:
         with self._lock:
             self._require("write_target")
             if self.state.phase == Phase.IDLE:
                 self._require_budget()
             if (content is None) == (edits is None):
-                raise GuardError(
-                    "give exactly one of `content` (the whole new file) or `edits` ({old, new} pairs)."
-                )
+                raise GuardError("give exactly one of `content` (the whole new file) or `edits` ({old, new} pairs).")
             path = self._target_path()
             limit = self.cfg.experiment.max_target_bytes
             current = guard.read_text(path, limit)
@@ -438,9 +430,7 @@ class Experiment:
                 st.phase = Phase.EDITED
                 st.pending = Pending(experiment=st.experiments + 1, parent=st.incumbent.commit)
                 self._save()
-            base = self.git.show_file(self._expected_head(), self.cfg.experiment.target).decode(
-                "utf-8", "replace"
-            )
+            base = self.git.show_file(self._expected_head(), self.cfg.experiment.target).decode("utf-8", "replace")
             return WriteResult(
                 path=self.cfg.experiment.target,
                 sha256=guard.sha256(data),
@@ -599,9 +589,7 @@ class Experiment:
                     experiment_index=p.experiment - 1 - st.stage_started_experiments,
                 )
                 if d.status == "keep" and r.holdout_failed:
-                    d = policy.Decision(
-                        "discard", "holdout", "held-out check failed: the change does not generalise"
-                    )
+                    d = policy.Decision("discard", "holdout", "held-out check failed: the change does not generalise")
             kept = d.status in ("keep", "explore")
             p.decision = DecisionState(status=d.status, rule=d.rule, reason=d.reason, margin=d.margin)
             if kept:
@@ -700,9 +688,7 @@ class Experiment:
         st.experiments = p.experiment
         st.cost_usd += cost
         st.tokens_used += tokens
-        st.consecutive_crashes = (
-            st.consecutive_crashes + 1 if p.decision.status in ("crash", "timeout") else 0
-        )
+        st.consecutive_crashes = st.consecutive_crashes + 1 if p.decision.status in ("crash", "timeout") else 0
         st.pending = None
         st.phase = Phase.IDLE
         self._save()
@@ -742,9 +728,7 @@ class Experiment:
         from . import prompting
 
         records = self.ledger.tail(200)
-        return prompting.render(
-            self.cfg, records, root=self.root, domain=domain, stage_line=self.stage_line()
-        )
+        return prompting.render(self.cfg, records, root=self.root, domain=domain, stage_line=self.stage_line())
 
     def last_log(self) -> Path | None:
         runs = self.dir / "runs"
@@ -817,9 +801,7 @@ class Experiment:
             with self._lock:
                 bad = self._integrity(commit)
             if bad:
-                return EvalResult(
-                    status="crash", reason="harness changed before the run: " + ", ".join(bad[:10])
-                )
+                return EvalResult(status="crash", reason="harness changed before the run: " + ", ".join(bad[:10]))
             name = f"{job.run}.log" if k_total == 1 else f"{job.run}-{k + 1}.log"
             log_rel = f"{STATE_DIR}/runs/{name}"
             try:
@@ -845,9 +827,7 @@ class Experiment:
             text = metrics.log_text_for_metrics(self.root / log_rel)
             ex = metrics.extract(cfg.metric, text, cwd=self.root)
             if out.status == "crash":
-                return EvalResult(
-                    status="crash", reason=f"the eval exited with code {out.returncode}", **base
-                )
+                return EvalResult(status="crash", reason=f"the eval exited with code {out.returncode}", **base)
             if not ex.ok:
                 return EvalResult(status="crash", reason="no usable metric: " + ex.summary(), **base)
             for name_, v in ex.values.items():

@@ -1,0 +1,161 @@
+"""Shared fixtures: temp git repositories with pinned identity, and a small scriptable harness.
+
+Nothing here touches the real $HOME or global git config.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from autoexp_mcp.loop import Experiment
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test Author",
+    "GIT_AUTHOR_EMAIL": "author@example.com",
+    "GIT_COMMITTER_NAME": "Test Author",
+    "GIT_COMMITTER_EMAIL": "author@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+# The harness used by most loop tests. The target `value.txt` holds one line, and the line
+# decides what the eval does, so a scripted agent can produce every outcome:
+#   "<number>"        prints "score: <number>"                    (a normal run)
+#   "crash"           exits 2 after printing a traceback-like line
+#   "sleep <s> <n>"   sleeps s seconds, then prints score n      (long evals, timeouts)
+#   "nometric"        prints something that is not a metric line
+#   "nan"             prints "score: nan"
+#   "touch <file>"    writes to <file> (tamper with the harness during the run), prints score 0
+HARNESS = textwrap.dedent(
+    """\
+    import os, sys, time
+    line = open("value.txt").read().strip()
+    parts = line.split()
+    print("evaluating", line, flush=True)
+    if parts[0] == "crash":
+        print("Traceback: boom", file=sys.stderr)
+        sys.exit(2)
+    if parts[0] == "sleep":
+        time.sleep(float(parts[1]))
+        print(f"score: {float(parts[2])}")
+    elif parts[0] == "nometric":
+        print("all done, no figures today")
+    elif parts[0] == "nan":
+        print("score: nan")
+    elif parts[0] == "touch":
+        open(parts[1], "a").write("tampered\\n")
+        print("score: 0")
+    else:
+        print(f"score: {float(parts[0])}")
+    """
+)
+
+BASE_CONFIG = textwrap.dedent(
+    """\
+    [experiment]
+    tag = "t"
+    target = "value.txt"
+    eval = "{python} evaluate.py"
+    timeout = {timeout}
+    wait_seconds = {wait}
+
+    [[metric]]
+    name = "score"
+    direction = "max"
+
+    [budget]
+    max_experiments = {max_experiments}
+    abort_on_consecutive_crashes = {crashes}
+    """
+)
+
+
+@pytest.fixture(autouse=True)
+def _pinned_git(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = tmp_path_factory.mktemp("home")
+    for k, v in GIT_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True, env={**os.environ, **GIT_ENV}
+    ).stdout.strip()
+
+
+def init_repo(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        f = path / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+def harness_config(
+    *, timeout: float = 10, wait: float = 10, max_experiments: int = 50, crashes: int = 3, extra: str = ""
+) -> str:
+    return (
+        BASE_CONFIG.format(
+            python=sys.executable, timeout=timeout, wait=wait, max_experiments=max_experiments, crashes=crashes
+        )
+        + extra
+    )
+
+
+MakeRepo = Callable[..., Path]
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> MakeRepo:
+    """make_repo(value="1", config=None, files=None) -> a committed repo with the test harness."""
+    counter = iter(range(1000))
+
+    def make(value: str = "1", config: str | None = None, files: dict[str, str] | None = None, **cfg: object) -> Path:
+        all_files = {
+            "value.txt": value + "\n",
+            "evaluate.py": HARNESS,
+            "autoexp.toml": config if config is not None else harness_config(**cfg),  # type: ignore[arg-type]
+            **(files or {}),
+        }
+        return init_repo(tmp_path / f"repo{next(counter)}", all_files)
+
+    return make
+
+
+@pytest.fixture
+def experiment(make_repo: MakeRepo) -> Iterator[Experiment]:
+    exp = Experiment(make_repo())
+    try:
+        yield exp
+    finally:
+        exp.close()
+
+
+def run_to_result(exp: Experiment) -> None:
+    """Drive the pending experiment through run_eval -> decide -> log_result."""
+    view = exp.run_eval(30)
+    assert view.status != "running", view
+    exp.decide()
+    exp.log_result()
+
+
+def play(exp: Experiment, value: str, description: str | None = None) -> tuple[str, str]:
+    """One whole experiment with `value` as the new target; returns (eval status, decision)."""
+    exp.write_target(content=value + "\n")
+    exp.commit(description or f"try {value}")
+    view = exp.run_eval(30)
+    d = exp.decide()
+    exp.log_result()
+    return view.status, d.status
