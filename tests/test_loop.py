@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pytest
-from conftest import MakeRepo, git, harness_config, play
 
 from autoexp_mcp.errors import BudgetExhausted, DirtyTreeError, GuardError, IntegrityError, LockError, OrderError
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.state import Phase, load_state
+from conftest import MakeRepo, git, harness_config, play
 
 
 def tsv_rows(repo: Path) -> list[list[str]]:
@@ -92,7 +93,7 @@ def test_scripted_agent_covers_every_outcome(make_repo: MakeRepo) -> None:
         assert "not a finite number" in records[6]["reason"]
         assert records[3]["metrics"] == {"score": None}
         assert records[-1]["cumulative_cost_usd"] == pytest.approx(0.10)
-        assert all(r["prev_hash"] == p["hash"] for p, r in zip(records, records[1:], strict=False))
+        assert all(r["prev_hash"] == p["hash"] for p, r in itertools.pairwise(records))
         assert tsv_rows(repo)[3][1] == "0.000000"
         # The branch holds exactly the kept commits on top of the start.
         kept = git(repo, "log", "--format=%s", f"{start}..HEAD").splitlines()

@@ -41,9 +41,7 @@ def check(usage: Usage, budget: BudgetConfig) -> BudgetView:
     used = usage.experiments
     left = None if budget.max_experiments is None else max(0, budget.max_experiments - used)
     hours = usage.elapsed_s / 3600
-    hours_left = (
-        None if budget.max_wall_clock_hours is None else max(0.0, budget.max_wall_clock_hours - hours)
-    )
+    hours_left = None if budget.max_wall_clock_hours is None else max(0.0, budget.max_wall_clock_hours - hours)
     cost_left = None if budget.max_cost_usd is None else max(0.0, budget.max_cost_usd - usage.cost_usd)
     reasons = []
     if left == 0:

@@ -130,9 +130,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         out = proc.outcome
         assert out is not None
         tail = read_tail(log_path, 1200)
-        print(
-            f"ran:     {out.elapsed_s:.2f}s, exit code {out.returncode}, {out.output_bytes} bytes of output"
-        )
+        print(f"ran:     {out.elapsed_s:.2f}s, exit code {out.returncode}, {out.output_bytes} bytes of output")
         if out.status == "timeout":
             print(
                 f"FAIL: the eval ran past the timeout of {exp.timeout:g}s and was killed.\n--- output tail ---\n{tail}"
@@ -182,9 +180,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     stage_cfg = cfg.for_stage(st.stage)
     view = budget.check(
-        budget.Usage(
-            st.experiments, st.consecutive_crashes, st.cost_usd, st.tokens_used, time.time() - st.started_at
-        ),
+        budget.Usage(st.experiments, st.consecutive_crashes, st.cost_usd, st.tokens_used, time.time() - st.started_at),
         stage_cfg.budget,
     )
     line = (
@@ -280,9 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     _repo_arg(p)
     p.add_argument("--target", required=True, help="the one file the agent may edit")
     p.add_argument("--eval", required=True, help="the eval command (run without a shell)")
-    p.add_argument(
-        "--metric", action="append", help="metric name, optionally NAME:max or NAME:min; repeatable"
-    )
+    p.add_argument("--metric", action="append", help="metric name, optionally NAME:max or NAME:min; repeatable")
     p.add_argument("--direction", choices=("max", "min"), default="max", help="default direction")
     p.add_argument("--tag", default=None, help="branch autoexp/<tag> (default: from target and metric)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per eval run")

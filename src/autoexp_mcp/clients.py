@@ -62,9 +62,7 @@ class Snippet:
 
 def _check_name(name: str) -> str:
     if not _NAME_RE.match(name):
-        raise ConfigError(
-            f"server name {name!r} must be 1-64 letters, digits, '_' or '-' (Codex rejects other names)"
-        )
+        raise ConfigError(f"server name {name!r} must be 1-64 letters, digits, '_' or '-' (Codex rejects other names)")
     return name
 
 
@@ -267,9 +265,7 @@ def write_config(s: Snippet, *, name: str = DEFAULT_NAME) -> Path | None:
                 f"Fix the file, or add this entry by hand:\n{s.text}"
             ) from None
         if not isinstance(doc, dict):
-            raise ConfigError(
-                f"{path}: the top level is not an object; it was left unchanged. Add the entry by hand."
-            )
+            raise ConfigError(f"{path}: the top level is not an object; it was left unchanged. Add the entry by hand.")
         servers = doc.get(container_key, {})
         if not isinstance(servers, dict):
             raise ConfigError(

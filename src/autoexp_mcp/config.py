@@ -49,9 +49,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_@.-]{0,63}$")
 
 Direction = Literal["max", "min"]
-PolicyMode = Literal[
-    "single", "primary_secondary", "pareto", "weighted", "threshold", "lexicographic", "constraints"
-]
+PolicyMode = Literal["single", "primary_secondary", "pareto", "weighted", "threshold", "lexicographic", "constraints"]
 
 
 class _Frozen(BaseModel):
@@ -80,9 +78,7 @@ class ExperimentConfig(_Frozen):
     target: str = Field(description="the one editable file, relative to the repo root")
     eval: str = Field(description="split with shlex, run from the repo root, no shell")
     timeout: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="seconds per eval run")
-    wait_seconds: float = Field(
-        DEFAULT_WAIT_S, gt=0, le=3600, description="longest wait of one run_eval call"
-    )
+    wait_seconds: float = Field(DEFAULT_WAIT_S, gt=0, le=3600, description="longest wait of one run_eval call")
     domain: str = Field("generic", description="which prompt template in prompts/ to serve")
     prompt_template: str | None = Field(None, description="a template file of your own, relative to the repo")
     protect: tuple[str, ...] = Field((), description="globs of untracked files the eval reads (data)")
@@ -214,9 +210,7 @@ class BudgetConfig(_Frozen):
     max_experiments: int | None = Field(None, ge=1)
     max_wall_clock_hours: float | None = Field(None, gt=0)
     max_cost_usd: float | None = Field(None, gt=0)
-    usd_per_million_tokens: float = Field(
-        0.0, ge=0, description="prices tokens_used when cost_usd is not given"
-    )
+    usd_per_million_tokens: float = Field(0.0, ge=0, description="prices tokens_used when cost_usd is not given")
     abort_on_consecutive_crashes: int | None = Field(3, ge=1)
 
 
@@ -288,14 +282,10 @@ def _check_metrics(metrics: tuple[MetricConfig, ...], policy: PolicyConfig, wher
     objectives = [m for m in metrics if not m.is_constraint]
     need_two = {"primary_secondary", "pareto", "lexicographic"}
     if mode in need_two and len(metrics) < 2:
-        raise ValueError(
-            f"policy.mode = {mode!r} needs at least two [[metric]] entries ({where} has {len(metrics)})"
-        )
+        raise ValueError(f"policy.mode = {mode!r} needs at least two [[metric]] entries ({where} has {len(metrics)})")
     if mode == "weighted":
         if not any(m.weight for m in metrics):
-            raise ValueError(
-                f"policy.mode = 'weighted' needs a non-zero `weight` on at least one metric ({where})"
-            )
+            raise ValueError(f"policy.mode = 'weighted' needs a non-zero `weight` on at least one metric ({where})")
     elif any(m.weight is not None for m in metrics):
         raise ValueError(f"{where}: `weight` is only used with policy.mode = 'weighted' (mode is {mode!r})")
     if mode in ("threshold", "constraints"):
@@ -392,9 +382,7 @@ def starter_config(
         "# '<name>: <number>'; set `pattern` (a regex with one group) or `json_key` (a key of the\n"
         "# last JSON object line) to change that.\n"
     )
-    budget_note = (
-        "# The loop stops when any cap is reached. Costs are what the agent reports to log_result.\n"
-    )
+    budget_note = "# The loop stops when any cap is reached. Costs are what the agent reports to log_result.\n"
     parts = [header, tomli_w.dumps({"experiment": data["experiment"]}), "\n", metric_note]
     for m in data["metric"]:
         parts += ["[[metric]]\n", tomli_w.dumps(m), "\n"]

@@ -95,9 +95,7 @@ async def _drive(repo: Path, moves: list[dict[str, Any]], experiments: int) -> N
             await finish(move["description"])
         final = await call(c, "budget_status")
         best = final["best"]
-        print(
-            f"\nbest: commit {best['commit']} {_fmt(best['metrics'])} after {final['experiments_used']} experiments"
-        )
+        print(f"\nbest: commit {best['commit']} {_fmt(best['metrics'])} after {final['experiments_used']} experiments")
 
 
 def run_demo(experiments: int = 12, keep: Path | None = None) -> int:

@@ -162,9 +162,7 @@ class Git:
         """Commit exactly `path` with `message`; returns the new full sha."""
         try:
             self._g.add("--", path)
-            self._g.commit(
-                "--no-verify", "--cleanup=verbatim", "--only", "-m", message, "--", path, env=self._env()
-            )
+            self._g.commit("--no-verify", "--cleanup=verbatim", "--only", "-m", message, "--", path, env=self._env())
         except git.GitCommandError as e:
             raise GitError(f"git commit failed: {(e.stderr or e.stdout or '').strip()[-500:]}") from None
         return self.head()

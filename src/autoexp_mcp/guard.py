@@ -33,9 +33,7 @@ def resolve_target(root: Path, rel: str) -> Path:
             f"target {rel} does not exist in {root}. Create and commit it, or fix [experiment].target."
         ) from None
     if stat.S_ISLNK(st.st_mode):
-        raise GuardError(
-            f"target {rel} is a symlink; the target must be a regular file inside the repository."
-        )
+        raise GuardError(f"target {rel} is a symlink; the target must be a regular file inside the repository.")
     if not stat.S_ISREG(st.st_mode):
         raise GuardError(f"target {rel} is not a regular file.")
     real = Path(os.path.realpath(path))

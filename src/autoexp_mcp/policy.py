@@ -13,8 +13,9 @@ Order of checks in `decide`, the same in every mode:
 5. explore: every `explore_every`-th experiment is kept regardless of step 4 (never of 1 or 3).
 
 Conventions: "gain" is always signed in the metric's direction (positive = better, see
-`better`); a Decision's `margin` is the gain of the quantity that decided, and its `reason`
-is one line naming the rule, the numbers compared and the margin.
+`better`); a Decision's `margin` is the gain of the quantity that decided (None when there
+is none, or it is not finite), its `details` are finite numbers for the ledger, and its
+`reason` is one line naming the rule, the numbers compared and the margin.
 """
 
 from __future__ import annotations
@@ -141,10 +142,19 @@ def decide(
             "baseline",
             "baseline: the incumbent has no valid value for every metric; the valid candidate replaces it",
         )
-    normal = _RULES[cfg.policy.mode](candidate, incumbent, cfg)
+    normal = _finite(_RULES[cfg.policy.mode](candidate, incumbent, cfg))
     if explore_due(experiment_index, cfg.policy):
         return _explore(normal, experiment_index, cfg.policy)
     return normal
+
+
+def _finite(d: Decision) -> Decision:
+    """Drop non-finite numbers (a relative change from 0, an overflow): the ledger is strict JSON."""
+    margin = d.margin if d.margin is not None and math.isfinite(d.margin) else None
+    details = {k: v for k, v in d.details.items() if math.isfinite(v)}
+    if margin == d.margin and details == d.details:
+        return d
+    return Decision(d.status, d.rule, d.reason, margin, details)
 
 
 def explore_due(experiment_index: int, policy: PolicyConfig) -> bool:
@@ -271,9 +281,7 @@ def _objective(m: MetricConfig, cand: Measurement, inc: Measurement, policy: Pol
     sc, si = cand.std(m.name), inc.std(m.name)
     details.update(std_candidate=sc, std_incumbent=si)
     if sc == 0 and si == 0:
-        return _Verdict(
-            True, f"{head}: improved (no spread across repeats: plain comparison of means)", gain, details
-        )
+        return _Verdict(True, f"{head}: improved (no spread across repeats: plain comparison of means)", gain, details)
     if policy.significance == "welch":
         return _welch_verdict(head, gain, sc, cand.n(m.name), si, inc.n(m.name), policy.alpha, details)
     # Noise = the pooled per-run standard deviation sqrt((s_c² + s_i²) / 2). The seed's rule
@@ -296,9 +304,7 @@ def _welch_verdict(
 ) -> _Verdict:
     t, df = welch_t(gain, sc, nc, si, ni)
     if not math.isfinite(t):  # both the gain and its standard error overflowed
-        return _Verdict(
-            True, f"{head}: improved (Welch t overflowed: plain comparison of means)", gain, details
-        )
+        return _Verdict(True, f"{head}: improved (Welch t overflowed: plain comparison of means)", gain, details)
     p = student_t_sf(t, df)
     details.update(t=t, df=df, p_value=p)
     stat = f"one-sided Welch t = {t:.4g}, df = {df:.4g}, p = {p:.4g}"
@@ -342,9 +348,7 @@ def _primary_secondary(candidate: Measurement, incumbent: Measurement, cfg: Conf
     primary = cfg.objective
     v = _objective(primary, candidate, incumbent, cfg.policy)
     if not v.keep:
-        return Decision(
-            "discard", "primary_secondary", f"primary_secondary: primary {v.text}", v.margin, v.details
-        )
+        return Decision("discard", "primary_secondary", f"primary_secondary: primary {v.text}", v.margin, v.details)
     notes, blocked = [], []
     details = dict(v.details)
     for m in cfg.metric:
@@ -399,9 +403,7 @@ def _pareto(candidate: Measurement, incumbent: Measurement, cfg: Config) -> Deci
     improved = [(m, g) for m, g, s in gains if s > 0]
     if worse:
         m, g = worse[0]
-        return Decision(
-            "discard", "pareto", f"{head}: worse on {', '.join(w.name for w, _ in worse)}", g, details
-        )
+        return Decision("discard", "pareto", f"{head}: worse on {', '.join(w.name for w, _ in worse)}", g, details)
     if improved:
         m, g = improved[0]
         names = ", ".join(b.name for b, _ in improved)
@@ -415,9 +417,7 @@ def _pareto(candidate: Measurement, incumbent: Measurement, cfg: Config) -> Deci
             details,
         )
     top = max(g for _, g, _ in gains)
-    return Decision(
-        "discard", "pareto", f"{head}: not better on any metric beyond its tolerance", top, details
-    )
+    return Decision("discard", "pareto", f"{head}: not better on any metric beyond its tolerance", top, details)
 
 
 # --- weighted --------------------------------------------------------------------------------
@@ -484,8 +484,7 @@ def _weighted(candidate: Measurement, incumbent: Measurement, cfg: Config) -> De
         return Decision(
             "keep",
             "weighted",
-            f"weighted: the incumbent cannot be scored ({why_i}); "
-            f"the candidate, score {_fmt(sc)}, replaces it",
+            f"weighted: the incumbent cannot be scored ({why_i}); the candidate, score {_fmt(sc)}, replaces it",
         )
     gain = sc - si
     head = f"weighted: score {_fmt(sc)} vs incumbent {_fmt(si)} (score = {_formula(cfg)}, higher is better)"
@@ -567,9 +566,7 @@ _RULES: dict[str, Callable[[Measurement, Measurement, Config], Decision]] = {
 # --- helpers the loop calls -------------------------------------------------------------------
 
 
-def holdout_gate(
-    candidate: float, incumbent: float, metric: MetricConfig, tolerance: float
-) -> Decision | None:
+def holdout_gate(candidate: float, incumbent: float, metric: MetricConfig, tolerance: float) -> Decision | None:
     """None if the candidate's hold-out value is not worse than the incumbent's by more than
     `tolerance` (absolute, in the metric's direction); else a `holdout` discard.
 

@@ -136,9 +136,7 @@ def render(
     else:
         template = (asset_dir("prompts") / "generic.md").read_text(encoding="utf-8")
     chosen = exp.domain if domain is None else domain
-    metric_list = ", ".join(
-        f"{m.name} ({'higher' if m.direction == 'max' else 'lower'} is better)" for m in cfg.metric
-    )
+    metric_list = ", ".join(f"{m.name} ({'higher' if m.direction == 'max' else 'lower'} is better)" for m in cfg.metric)
     obj = cfg.objective
     values = {
         "goal": f"{'maximise' if obj.direction == 'max' else 'minimise'} {obj.name} by editing {exp.target}",
@@ -146,8 +144,7 @@ def render(
         "eval_command": exp.eval,
         "extraction": "; ".join(metricsmod.describe(m) for m in cfg.metric),
         "direction": "; ".join(
-            f"{m.name} {'↑ higher is better' if m.direction == 'max' else '↓ lower is better'}"
-            for m in cfg.metric
+            f"{m.name} {'↑ higher is better' if m.direction == 'max' else '↓ lower is better'}" for m in cfg.metric
         ),
         "budget": budgetmod.summary_line(cfg.budget) + f"; each eval run is cut at {exp.timeout:g}s",
         "branch": exp.branch,

@@ -246,9 +246,7 @@ def _time_buckets(attempts: Sequence[Step]) -> tuple[Bucket, ...]:
 
 
 def _correlation(attempts: Sequence[Step]) -> tuple[float | None, int]:
-    pairs = [
-        (s.record.wall_time_s, s.gain) for s in attempts if s.gain is not None and s.record.wall_time_s > 0
-    ]
+    pairs = [(s.record.wall_time_s, s.gain) for s in attempts if s.gain is not None and s.record.wall_time_s > 0]
     if len(pairs) < 3:
         return None, len(pairs)
     try:
@@ -265,25 +263,17 @@ def _track(records: Sequence[Record], stage: str | None, cfg: Config) -> Track:
     baseline = next((s for s in steps if s.record.status == "keep" and s.value is not None), None)
     last = records[-1]
     best_value = steps[-1].best
-    best_commit = last.best_commit if _finite((last.best_metrics or {}).get(m.name)) is not None else None
-    best_rec: Record | None = None
-    if best_commit is None and best_value is not None:
-        best_rec = next(
-            (
-                s.record
-                for s in reversed(steps)
-                if s.value == best_value and s.record.status in INCUMBENT_STATUSES
-            ),
-            None,
-        )
-        best_commit = best_rec.commit if best_rec else None
-    elif best_commit is not None:
+    logged = {k: v for k, v in (last.best_metrics or {}).items() if _finite(v) is not None}
+    if m.name in logged and last.best_commit:
+        best_commit: str | None = last.best_commit
         best_rec = next((r for r in reversed(records) if r.commit == best_commit), None)
-    best_metrics = (
-        dict(last.best_metrics) if last.best_metrics else dict(best_rec.metrics if best_rec else {})
-    )
+    else:
+        incumbents = (s.record for s in reversed(steps) if s.record.status in INCUMBENT_STATUSES)
+        best_rec = next((r for r in incumbents if _finite(r.metrics.get(m.name)) == best_value), None)
+        best_commit = best_rec.commit if best_rec else None
+    best_metrics = {**(best_rec.metrics if best_rec else {}), **logged}
     attempts = [s for s in steps if s is not baseline]
-    r, n = _correlation(attempts)
+    corr, corr_n = _correlation(attempts)
     return Track(
         stage=stage,
         metrics=metrics,
@@ -299,8 +289,8 @@ def _track(records: Sequence[Record], stage: str | None, cfg: Config) -> Track:
         cost_usd=math.fsum(r.cost_usd for r in records),
         by_diff=_diff_buckets(attempts),
         by_time=_time_buckets(attempts),
-        time_gain_r=r,
-        time_gain_n=n,
+        time_gain_r=corr,
+        time_gain_n=corr_n,
     )
 
 
@@ -398,9 +388,7 @@ def _change(t: Track) -> str:
     if imp == 0:
         return "no improvement over the baseline"
     word = "better" if imp > 0 else "worse"
-    return (
-        f"{_signed(t.delta)} ({abs(pct):.2f}% {word})" if pct is not None else f"{_signed(t.delta)} ({word})"
-    )
+    return f"{_signed(t.delta)} ({abs(pct):.2f}% {word})" if pct is not None else f"{_signed(t.delta)} ({word})"
 
 
 def _lines(n: int) -> str:
@@ -500,8 +488,7 @@ def _md_paid_off(t: Track) -> list[str]:
     if t.time_gain_r is not None:
         out += [
             "",
-            f"Correlation of wall time with gain: r = {t.time_gain_r:+.2f} "
-            f"over {t.time_gain_n} measured experiments.",
+            f"Correlation of wall time with gain: r = {t.time_gain_r:+.2f} over {t.time_gain_n} measured experiments.",
         ]
     top = sorted(
         (s for s in attempts if s.record.status == "keep" and s.gain is not None),
@@ -574,16 +561,12 @@ def _align(rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for r in rows:
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
     return lines
 
 
-def status_table(
-    records: Sequence[Record], cfg: Config, *, phase: str, budget_line: str, last: int = 10
-) -> str:
+def status_table(records: Sequence[Record], cfg: Config, *, phase: str, budget_line: str, last: int = 10) -> str:
     """A plain-text status for `autoexp-mcp status`: headline figures, then the last rows."""
     records = list(records)
     s = summarize(records, cfg)
@@ -631,9 +614,7 @@ def status_table(
         tail = [_signed(st.gain if st else None), str(r.diff_lines), fmt_duration(r.wall_time_s)]
         rows.append([*lead, *metrics, *tail, _short(r.description, 48)])
     right = {i for i, h in enumerate(header) if h in {"#", *names, "gain", "diff", "time"}}
-    title = (
-        f"last {len(shown)} of {len(records)} experiments:" if len(shown) < len(records) else "experiments:"
-    )
+    title = f"last {len(shown)} of {len(records)} experiments:" if len(shown) < len(records) else "experiments:"
     return "\n".join([*lines, "", title, *_align(rows, right)]) + "\n"
 
 
@@ -688,9 +669,7 @@ def _draw_progress(ax: Axes, t: Track) -> None:
     ax.set_ylim(lo - (hi - lo) * 0.06 * any(s.value is None for s in t.steps), hi)
     off = 0
     for kind in ("discard", "explore", "keep"):
-        pts = [
-            (s.record.experiment, v) for s, v in measured if s.record.status == kind and s is not t.baseline
-        ]
+        pts = [(s.record.experiment, v) for s, v in measured if s.record.status == kind and s is not t.baseline]
         off += sum(1 for _, v in pts if not lo <= v <= hi)
         _scatter(ax, kind, [(x, min(max(v, lo), hi)) for x, v in pts], f"{kind} ({len(pts)})")
     if off:
@@ -704,9 +683,7 @@ def _draw_progress(ax: Axes, t: Track) -> None:
                 alpha=0.8, label="best so far", zorder=3)  # fmt: skip
     b = t.baseline
     if b is not None and b.value is not None:
-        ax.axhline(
-            b.value, color=_STYLE["baseline"]["color"], linestyle="--", linewidth=0.9, alpha=0.5, zorder=1
-        )
+        ax.axhline(b.value, color=_STYLE["baseline"]["color"], linestyle="--", linewidth=0.9, alpha=0.5, zorder=1)
         _scatter(ax, "baseline", [(b.record.experiment, b.value)], "baseline")
     _label_keeps(ax, t)
     ax.set_xlabel("experiment")
@@ -720,19 +697,25 @@ def _draw_progress(ax: Axes, t: Track) -> None:
 
 
 def _label_keeps(ax: Axes, t: Track) -> None:
-    """Name the keeps with the largest gains; labels near the right edge lean left."""
+    """Name the keeps with the largest gains.
+
+    Labels lean into the quadrant that is always empty: before a keep and better than it
+    (up-left for max, down-left for min); near the left edge they lean right instead.
+    """
+    up = t.objective.direction == "max"
     keeps = [s for s in t.kept if s.record.status == "keep" and s is not t.baseline and s.gain is not None]
-    last = t.steps[-1].record.experiment
-    first = t.steps[0].record.experiment
+    first, last = t.steps[0].record.experiment, t.steps[-1].record.experiment
     for s in sorted(keeps, key=lambda s: -(s.gain or 0.0))[:MAX_LABELS]:
-        left = s.record.experiment > first + 0.7 * (last - first)
+        left = s.record.experiment > first + 0.2 * (last - first)
+        dy = 4 if up == left else -4
         ax.annotate(
             _short(s.record.description, 28),
             (s.record.experiment, s.value or 0.0),
-            xytext=(-5, 5) if left else (5, 5),
+            xytext=(-5 if left else 5, dy),
             textcoords="offset points",
             ha="right" if left else "left",
-            rotation=-20 if left else 20,
+            va="bottom" if dy > 0 else "top",
+            rotation=-20 if up else 20,
             rotation_mode="anchor",
             fontsize=7,
             color=_BEST_COLOR,
@@ -740,11 +723,8 @@ def _label_keeps(ax: Axes, t: Track) -> None:
         )
 
 
-def _spread(points: Sequence[tuple[float, float]], min_gap: float = 0.05) -> list[int]:
-    """Indices of points at least `min_gap` apart (as a fraction of the data's span): labels that fit."""
-    if not points:
-        return []
-    span = [max(p[k] for p in points) - min(p[k] for p in points) or 1.0 for k in (0, 1)]
+def _spread(points: Sequence[tuple[float, float]], span: tuple[float, float], min_gap: float = 0.05) -> list[int]:
+    """Indices of points at least `min_gap` apart (as a fraction of `span`): the labels that fit."""
     chosen: list[int] = []
     for i, (x, y) in enumerate(points):
         near = (math.hypot((x - points[j][0]) / span[0], (y - points[j][1]) / span[1]) for j in chosen)
@@ -767,7 +747,9 @@ def _draw_pareto(ax: Axes, t: Track) -> None:
     front = pareto_front([(x, y) for _, x, y in pts], (mx.direction, my.direction))
     ax.plot([pts[i][1] for i in front], [pts[i][2] for i in front], color=_FRONT_COLOR, linewidth=1.4,
             marker="o", markersize=4, label=f"Pareto front ({len(front)})", zorder=4)  # fmt: skip
-    for k in _spread([(x, y) for _, x, y in pts], 0.0) and _spread([pts[i][1:] for i in front]):
+    xs, ys = [x for _, x, _ in pts], [y for _, _, y in pts]
+    span = ((max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0) if pts else (1.0, 1.0)
+    for k in _spread([(pts[i][1], pts[i][2]) for i in front], span):
         s, x, y = pts[front[k]]
         ax.annotate(f"#{s.record.experiment}", (x, y), xytext=(4, -10), textcoords="offset points",
                     fontsize=7, color=_FRONT_COLOR)  # fmt: skip
@@ -775,9 +757,7 @@ def _draw_pareto(ax: Axes, t: Track) -> None:
     _scatter(ax, "baseline", base, "baseline")
     ax.set_xlabel(f"{mx.name} ({_better_word(mx)})")
     ax.set_ylabel(f"{my.name} ({_better_word(my)})")
-    ax.set_title(
-        f"{mx.name} {_ARROW[mx.direction]} vs {my.name} {_ARROW[my.direction]} ({t.mode})", fontsize=11
-    )
+    ax.set_title(f"{mx.name} {_ARROW[mx.direction]} vs {my.name} {_ARROW[my.direction]} ({t.mode})", fontsize=11)
     ax.grid(True, alpha=0.25)
     ax.legend(loc="best", fontsize=8, framealpha=0.85)
 
@@ -788,9 +768,7 @@ def render_chart(records: Sequence[Record], cfg: Config, out: Path) -> Path:
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ChartUnavailable(
-            f"matplotlib is not installed ({e}). Install it with: {CHART_INSTALL}"
-        ) from None
+        raise ChartUnavailable(f"matplotlib is not installed ({e}). Install it with: {CHART_INSTALL}") from None
     s = summarize(records, cfg)
     if not s.tracks:
         raise ChartUnavailable("no experiments logged yet: nothing to plot")
@@ -810,9 +788,7 @@ def render_chart(records: Sequence[Record], cfg: Config, out: Path) -> Path:
         _draw_pareto(flat[len(tracks)], tracks[0])
     for ax in flat[panels:]:
         ax.set_visible(False)
-    fig.suptitle(
-        f"autoexp {cfg.experiment.tag}: {s.experiments} experiments, {_counts_line(s.counts)}", fontsize=12
-    )
+    fig.suptitle(f"autoexp {cfg.experiment.tag}: {s.experiments} experiments, {_counts_line(s.counts)}", fontsize=12)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".progress-", suffix=".png", dir=out.parent)

@@ -77,9 +77,7 @@ def build_server(exp: Experiment, *, close_on_exit: bool = True) -> MCPServer[Ex
     )
     async def write_target(
         content: Annotated[str | None, Field(description="the whole new file")] = None,
-        edits: Annotated[
-            list[Edit] | None, Field(description="exact {old, new} replacements, in order")
-        ] = None,
+        edits: Annotated[list[Edit] | None, Field(description="exact {old, new} replacements, in order")] = None,
     ) -> WriteResult:
         """Change the target file: pass either `content` (the whole new file) or `edits`, a list of
         exact {old, new} replacements where each `old` occurs exactly once. Only after the
@@ -95,9 +93,7 @@ def build_server(exp: Experiment, *, close_on_exit: bool = True) -> MCPServer[Ex
         first that nothing but the target changed. Next: run_eval."""
         return await _call(exp.commit, description)
 
-    @mcp.tool(
-        title="Run the eval", annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False)
-    )
+    @mcp.tool(title="Run the eval", annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))
     async def run_eval(
         ctx: Context,
         wait_seconds: Annotated[
@@ -117,9 +113,7 @@ def build_server(exp: Experiment, *, close_on_exit: bool = True) -> MCPServer[Ex
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     break
-                await anyio.to_thread.run_sync(
-                    job.done.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True
-                )
+                await anyio.to_thread.run_sync(job.done.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True)
                 if not job.done.is_set():
                     elapsed = job.elapsed()
                     await ctx.report_progress(
@@ -127,9 +121,7 @@ def build_server(exp: Experiment, *, close_on_exit: bool = True) -> MCPServer[Ex
                     )
         return await _call(exp.eval_view)
 
-    @mcp.tool(
-        title="Keep or revert", annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False)
-    )
+    @mcp.tool(title="Keep or revert", annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False))
     async def decide() -> DecideResult:
         """Apply the keep/revert rule to the measured result: keep the commit if it beats the
         incumbent, otherwise reset the branch to the incumbent (also on crash or timeout).
@@ -139,13 +131,9 @@ def build_server(exp: Experiment, *, close_on_exit: bool = True) -> MCPServer[Ex
     @mcp.tool(title="Log the result", annotations=ToolAnnotations(destructive_hint=False))
     async def log_result(
         notes: Annotated[str, Field(description="what you learned from this experiment")] = "",
-        description: Annotated[
-            str | None, Field(description="replaces the commit description in the log")
-        ] = None,
+        description: Annotated[str | None, Field(description="replaces the commit description in the log")] = None,
         tokens_used: Annotated[int, Field(ge=0, description="tokens this experiment cost you")] = 0,
-        cost_usd: Annotated[
-            float | None, Field(ge=0, description="what this experiment cost, in USD")
-        ] = None,
+        cost_usd: Annotated[float | None, Field(ge=0, description="what this experiment cost, in USD")] = None,
     ) -> LogResult:
         """Append the decided experiment to results.tsv and experiments.jsonl and update the
         budget. Returns the row and the budget status. Next: write_target (or stop when the
@@ -172,9 +160,7 @@ def build_server(exp: Experiment, *, close_on_exit: bool = True) -> MCPServer[Ex
         """The experiment's configuration."""
         return (exp.root / "autoexp.toml").read_text(encoding="utf-8")
 
-    @mcp.resource(
-        "autoexp://results", name="results", title="results.tsv", mime_type="text/tab-separated-values"
-    )
+    @mcp.resource("autoexp://results", name="results", title="results.tsv", mime_type="text/tab-separated-values")
     def results_resource() -> str:
         """Every experiment so far: commit, metrics, status, description."""
         path = exp.ledger.tsv
