@@ -224,8 +224,10 @@ class EvalProcess:
                 self.proc.wait()
             rc, status = self.proc.returncode, "timeout"
         elapsed = time.monotonic() - self._started
-        # Grandchildren left in the group (or escaped from it) must not outlive the run.
+        # Grandchildren left in the group (or escaped from it with setsid, daemonised or
+        # not) must not outlive the run; killing them also closes any copy of the pipe.
         self._killpg(signal.SIGKILL)
+        kill_marked(self.spec.run_id)
         self._reader.join(READER_JOIN_S)
         if self._reader.is_alive():
             kill_marked(self.spec.run_id)
