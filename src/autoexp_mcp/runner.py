@@ -69,7 +69,8 @@ class CappedLog:
         with self._lock:
             if self._tail:
                 return b"".join(self._tail)[-n:]
-            self._f.flush()
+            if not self._f.closed:
+                self._f.flush()
         with self.path.open("rb") as f:
             f.seek(max(0, self._head_written - n))
             return f.read(n)
