@@ -665,15 +665,20 @@ def _draw_progress(ax: Axes, t: Track) -> None:
     measured = [(s, s.value) for s in t.steps if s.value is not None]
     values = [v for _, v in measured]
     lo, hi = _ylimits(values, [s.best for s in t.steps if s.best is not None] or values) if values else (0, 1)
-    # A strip at the bottom for the crash and timeout marks, clear of the points.
-    ax.set_ylim(lo - (hi - lo) * 0.06 * any(s.value is None for s in t.steps), hi)
-    off = 0
+    # Room for the keep labels on the better side, and a strip at the bottom for crash marks.
+    span = hi - lo
+    top = hi + span * 0.12 * (m.direction == "max")
+    bottom = lo - span * (0.12 * (m.direction == "min") + 0.06 * any(s.value is None for s in t.steps))
+    ax.set_ylim(bottom, top)
     for kind in ("discard", "explore", "keep"):
         pts = [(s.record.experiment, v) for s, v in measured if s.record.status == kind and s is not t.baseline]
-        off += sum(1 for _, v in pts if not lo <= v <= hi)
-        _scatter(ax, kind, [(x, min(max(v, lo), hi)) for x, v in pts], f"{kind} ({len(pts)})")
-    if off:
-        ax.scatter([], [], color="#9e9e9e", marker="o", s=16, label=f"{off} off scale, drawn at the edge")
+        _scatter(ax, kind, [(x, v) for x, v in pts if lo <= v <= hi], f"{kind} ({len(pts)})")
+    # Far-off values are drawn as triangles on the edge rather than stretching the axis.
+    below = [(s.record.experiment, lo) for s, v in measured if v < lo]
+    above = [(s.record.experiment, hi) for s, v in measured if v > hi]
+    label = f"off scale ({len(below) + len(above)})"
+    _scatter(ax, "discard", below, label, marker="v", s=28)
+    _scatter(ax, "discard", above, "_nolegend_" if below else label, marker="^", s=28)
     for kind in ("crash", "timeout"):
         pts = [(s.record.experiment, 0.03) for s in t.steps if s.record.status == kind]
         _scatter(ax, kind, pts, f"{kind} ({len(pts)})", transform=ax.get_xaxis_transform())
@@ -720,6 +725,8 @@ def _label_keeps(ax: Axes, t: Track) -> None:
             fontsize=7,
             color=_BEST_COLOR,
             parse_math=False,
+            annotation_clip=True,
+            clip_on=True,
         )
 
 
@@ -808,7 +815,7 @@ def render_chart(records: Sequence[Record], cfg: Config, out: Path) -> Path:
 class ReportPaths:
     markdown: Path
     chart: Path | None
-    chart_note: str | None  # why there is no chart, when there is none
+    note: str | None  # why there is no chart, when there is none
 
 
 def load_records(repo: Path, cfg: Config) -> list[Record]:
