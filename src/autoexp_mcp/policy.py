@@ -267,6 +267,12 @@ def _plain(gain: float, need: float, keep_ties: bool) -> tuple[bool, str]:
 
 
 def _objective(m: MetricConfig, cand: Measurement, inc: Measurement, policy: PolicyConfig) -> _Verdict:
+    """One objective on means: the gain must exceed min_improvement (exact ties follow keep_ties).
+
+    With repeats > 1 a gain must also clear the noise: `sigma`, gain > noise_sigmas × pooled
+    run stddev; `welch`, a one-sided Welch t-test of the mean gain with p < alpha. With no
+    spread on either side there is no noise to clear, so the plain comparison stands.
+    """
     c, i = cand.mean(m.name), inc.mean(m.name)
     gain = better(m, c, i)
     batched = policy.repeats > 1
