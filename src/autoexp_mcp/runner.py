@@ -263,13 +263,15 @@ class EvalProcess:
         kill_marked(self.spec.run_id)
 
     def tail(self, max_bytes: int = 2000) -> str:
-        return decode_tail(self.log.tail_bytes(max_bytes))
+        data = self.log.tail_bytes(max_bytes)
+        return decode_tail(data, cut=self.log.total > len(data))
 
 
-def decode_tail(data: bytes) -> str:
+def decode_tail(data: bytes, cut: bool = True) -> str:
+    """`data` as text; when it was `cut` from a longer output, without its partial first line."""
     text = data.decode("utf-8", errors="replace")
     # Drop a partial first line so the tail starts cleanly.
-    if len(data) > 0 and "\n" in text[:-1]:
+    if cut and "\n" in text[:-1]:
         first_nl = text.find("\n")
         if first_nl < len(text) - 1 and first_nl < 200:
             text = text[first_nl + 1 :]
@@ -282,7 +284,7 @@ def read_tail(path: Path, max_bytes: int = 2000) -> str:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - max_bytes))
-            return decode_tail(f.read())
+            return decode_tail(f.read(), cut=size > max_bytes)
     except OSError:
         return ""
 
