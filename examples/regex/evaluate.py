@@ -80,9 +80,7 @@ def parse_patterns(text: str, source: str = "patterns.yaml") -> list[tuple[str, 
         else:
             m = _KEY_RE.match(line)
             if not m:
-                raise PatternFileError(
-                    f"{where}: expected '- name: ...' or '  pattern: ...', got {line.strip()!r}"
-                )
+                raise PatternFileError(f"{where}: expected '- name: ...' or '  pattern: ...', got {line.strip()!r}")
             if not items:
                 raise PatternFileError(f"{where}: a key before the first '- ' list item")
         key, value = m.group(1), _scalar(m.group(2), where)

@@ -119,15 +119,11 @@ def sku(r: random.Random) -> str:  # contains an ISO-looking run of digits
 
 def bad_iso(r: random.Random) -> str:  # impossible month or day
     y = r.randint(1995, 2029)
-    return r.choice(
-        [f"{y}-{r.randint(13, 19)}-{r.randint(10, 28)}", f"{y}-{r.randint(1, 12):02d}-{r.randint(40, 99)}"]
-    )
+    return r.choice([f"{y}-{r.randint(13, 19)}-{r.randint(10, 28)}", f"{y}-{r.randint(1, 12):02d}-{r.randint(40, 99)}"])
 
 
 def ref_slash(r: random.Random) -> str:  # slash date glued to more digits
-    return (
-        f"{r.randint(10, 12)}/{r.randint(10, 28)}/{r.randint(1995, 2029)}{r.randint(0, 9)}{r.randint(0, 9)}"
-    )
+    return f"{r.randint(10, 12)}/{r.randint(10, 28)}/{r.randint(1995, 2029)}{r.randint(0, 9)}{r.randint(0, 9)}"
 
 
 def month_year(r: random.Random) -> str:
