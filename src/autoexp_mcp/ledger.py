@@ -174,18 +174,25 @@ class Ledger:
         """The last `n` records, from the file's tail."""
         if not self.jsonl.exists() or n <= 0:
             return []
+        window = _TAIL_BYTES * max(1, n // 64 + 1)
         with self.jsonl.open("rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - _TAIL_BYTES * max(1, n // 64 + 1)))
-            chunk = f.read()
-        out: list[Record] = []
-        for raw in reversed(chunk.splitlines()):
-            if len(out) >= n:
-                break
-            if raw.strip():
-                try:
-                    out.append(Record.model_validate_json(raw))
-                except ValueError:
-                    continue
-        return list(reversed(out))
+            while True:  # large records: read further back until n are found or the file starts
+                start = max(0, size - window)
+                f.seek(start)
+                lines = f.read().splitlines()
+                if start > 0:
+                    lines = lines[1:]  # partial
+                out: list[Record] = []
+                for raw in reversed(lines):
+                    if len(out) >= n:
+                        break
+                    if raw.strip():
+                        try:
+                            out.append(Record.model_validate_json(raw))
+                        except ValueError:
+                            continue
+                if len(out) >= n or start == 0:
+                    return list(reversed(out))
+                window *= 2
