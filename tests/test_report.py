@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 import subprocess
@@ -183,7 +184,7 @@ def test_markdown_lists_kept_changes_in_order_with_their_gains(f1_run: list[Reco
         "| 6 | `c000006` | *explore:* try lookahead | 0.69 | -0.01 (-1.43%) | 15 |",
         "| 7 | `c000007` | case-insensitive names | 0.75 | +0.06 (+8.70%) | 1 |",
     ]
-    assert "Keeps gained +0.16 in total; the 1 explores moved the incumbent by -0.01." in md
+    assert "Keeps gained +0.16 in total; 1 explore moved the incumbent by -0.01." in md
 
 
 def test_markdown_shows_what_paid_off_by_diff_size_and_wall_time(f1_run: list[Record]) -> None:
@@ -221,6 +222,14 @@ def test_markdown_for_an_empty_ledger_says_so() -> None:
     assert "No experiments logged yet" in md
 
 
+def test_markdown_for_a_baseline_alone(tmp_path: Path) -> None:
+    recs = _log(tmp_path, F1, _f1_rows()[:1])
+    md = report.render_markdown(recs, F1)
+    assert "1 experiment, 2026-03-08 02:01 → 2026-03-08 02:01 UTC." in md
+    assert "**f1** (higher is better): 0.6 → **0.6**, no improvement over the baseline." in md
+    assert "No experiments after the baseline yet." in md
+
+
 def test_pipeline_report_has_a_section_per_stage(tmp_path: Path) -> None:
     cfg = parse_config(
         {
@@ -244,9 +253,13 @@ def test_pipeline_report_has_a_section_per_stage(tmp_path: Path) -> None:
     assert "**quality** (higher is better): 0.5 → **0.6**, +0.1 (20.00% better)." in md
     assert "**val_loss** (lower is better): 2 → **1.5**, -0.5 (25.00% better)." in md
     assert "3 experiments: 2 keep, 1 discard, 0 crash, 0 timeout, 0 explore" in md
-    status = report.status_table(recs, cfg, phase="IDLE", budget_line="5 of 20 experiments")
+    assert "Pipeline prep (`prep.py`) → train (`train.py`) on branch `autoexp/pipe`, 5 experiments" in md
+    status = report.status_table(recs, cfg.for_stage(1), phase="IDLE", budget_line="5 of 20 experiments")
     assert "stage   train (2 of 2)" in status
     assert "best    val_loss 1.5 at #5 c000005 (lower is better); baseline 2: -0.5 (25.00% better)" in status
+    if importlib.util.find_spec("matplotlib") is not None:
+        chart = report.render_chart(recs, cfg, tmp_path / "progress.png")
+        assert _png_size(chart) == (1680, 600)  # one panel per stage
 
 
 # --- status table -------------------------------------------------------------------------

@@ -211,7 +211,7 @@ def _steps(records: Sequence[Record], m: MetricConfig) -> list[Step]:
     return steps
 
 
-def _buckets(attempts: Sequence[Step], groups: Sequence[tuple[str, Sequence[Step]]]) -> tuple[Bucket, ...]:
+def _buckets(groups: Sequence[tuple[str, Sequence[Step]]]) -> tuple[Bucket, ...]:
     out = []
     for label, steps in groups:
         if not steps:
@@ -230,7 +230,7 @@ def _diff_buckets(attempts: Sequence[Step]) -> tuple[Bucket, ...]:
             if limit is None or s.record.diff_lines <= limit:
                 members.append(s)
                 break
-    return _buckets(attempts, groups)
+    return _buckets(groups)
 
 
 def _time_buckets(attempts: Sequence[Step]) -> tuple[Bucket, ...]:
@@ -242,7 +242,7 @@ def _time_buckets(attempts: Sequence[Step]) -> tuple[Bucket, ...]:
     slow = [s for s in timed if s.record.wall_time_s > median]
     if not slow:
         return ()
-    return _buckets(timed, [(f"≤ {fmt_duration(median)}", fast), (f"> {fmt_duration(median)}", slow)])
+    return _buckets([(f"≤ {fmt_duration(median)}", fast), (f"> {fmt_duration(median)}", slow)])
 
 
 def _correlation(attempts: Sequence[Step]) -> tuple[float | None, int]:
@@ -260,7 +260,8 @@ def _track(records: Sequence[Record], stage: str | None, cfg: Config) -> Track:
     metrics, mode = _stage_view(cfg, stage)
     m = _objective(metrics)
     steps = _steps(records, m)
-    baseline = next((s for s in steps if s.record.status == "keep" and s.value is not None), None)
+    first_keep = steps[0] if steps[0].record.status == "keep" else None
+    baseline = next((s for s in steps if s.record.status == "keep" and s.value is not None), first_keep)
     last = records[-1]
     best_value = steps[-1].best
     logged = {k: v for k, v in (last.best_metrics or {}).items() if _finite(v) is not None}
@@ -391,8 +392,8 @@ def _change(t: Track) -> str:
     return f"{_signed(t.delta)} ({abs(pct):.2f}% {word})" if pct is not None else f"{_signed(t.delta)} ({word})"
 
 
-def _lines(n: int) -> str:
-    return f"{n} line" if n == 1 else f"{n} lines"
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _counts_line(counts: dict[str, int]) -> str:
@@ -458,8 +459,8 @@ def _md_kept(t: Track) -> list[str]:
         keeps = [s.gain for s in t.kept if s.record.status == "keep" and s.gain is not None]
         out += [
             "",
-            f"Keeps gained {_signed(math.fsum(keeps))} in total; the {len(explores)} explores moved the "
-            f"incumbent by {_signed(math.fsum(explores))}.",
+            f"Keeps gained {_signed(math.fsum(keeps))} in total; {_plural(len(explores), 'explore')} "
+            f"moved the incumbent by {_signed(math.fsum(explores))}.",
         ]
     return out
 
@@ -498,7 +499,7 @@ def _md_paid_off(t: Track) -> list[str]:
         out += ["", "Largest gains:"]
         out += [
             f"- #{s.record.experiment} {_cell(s.record.description)}: {_gain(s.gain, s.gain_pct)}, "
-            f"diff {_lines(s.record.diff_lines)}, {fmt_duration(s.record.wall_time_s)}"
+            f"diff {_plural(s.record.diff_lines, 'line')}, {fmt_duration(s.record.wall_time_s)}"
             for s in top[:3]
         ]
     return out
@@ -508,7 +509,7 @@ def _md_track(t: Track, level: str) -> list[str]:
     out = [f"{level} Result", "", *_md_result(t), ""]
     if t.stage is not None:
         out += [
-            f"{t.experiments} experiments: {_counts_line(t.counts)}; "
+            f"{_plural(t.experiments, 'experiment')}: {_counts_line(t.counts)}; "
             f"wall time {fmt_duration(t.wall_time_s)}, {_cost(t.cost_usd, 0)}.",
             "",
         ]
@@ -527,10 +528,10 @@ def render_markdown(
     if not s.experiments:
         return "\n".join([*out, "No experiments logged yet: the report fills in after the baseline.", ""])
     span = f"{_when(s.started)} → {_when(s.finished)} UTC"
-    out += [
-        f"Target `{exp.target}` on branch `{exp.branch}`, {s.experiments} experiments, {span}.",
-        "",
-    ]
+    what = f"Target `{exp.target}`"
+    if cfg.stage:
+        what = f"Pipeline {' → '.join(f'{st.name} (`{st.target}`)' for st in cfg.stage)}"
+    out += [f"{what} on branch `{exp.branch}`, {_plural(s.experiments, 'experiment')}, {span}.", ""]
     if chart is not None:
         out += [f"![progress]({chart.name})", ""]
     elif chart_note:
@@ -661,6 +662,8 @@ def _ylimits(values: list[float], must: list[float]) -> tuple[float, float]:
 
 
 def _draw_progress(ax: Axes, t: Track) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     m = t.objective
     measured = [(s, s.value) for s in t.steps if s.value is not None]
     values = [v for _, v in measured]
@@ -692,6 +695,10 @@ def _draw_progress(ax: Axes, t: Track) -> None:
         _scatter(ax, "baseline", [(b.record.experiment, b.value)], "baseline")
     _label_keeps(ax, t)
     ax.set_xlabel("experiment")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    first, last = t.steps[0].record.experiment, t.steps[-1].record.experiment
+    pad = max(0.7, (last - first) * 0.03)
+    ax.set_xlim(first - pad, last + pad)
     ax.set_ylabel(f"{m.name} ({_better_word(m)})")
     title = f"{t.stage + ': ' if t.stage else ''}{m.name} {_ARROW[m.direction]}"
     if b is not None and t.improvement is not None:
@@ -795,7 +802,9 @@ def render_chart(records: Sequence[Record], cfg: Config, out: Path) -> Path:
         _draw_pareto(flat[len(tracks)], tracks[0])
     for ax in flat[panels:]:
         ax.set_visible(False)
-    fig.suptitle(f"autoexp {cfg.experiment.tag}: {s.experiments} experiments, {_counts_line(s.counts)}", fontsize=12)
+    fig.suptitle(
+        f"autoexp {cfg.experiment.tag}: {_plural(s.experiments, 'experiment')}, {_counts_line(s.counts)}", fontsize=12
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".progress-", suffix=".png", dir=out.parent)
