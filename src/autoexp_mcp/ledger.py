@@ -81,6 +81,12 @@ def _fmt_metric(v: float | None) -> str:
     return f"{v:.6f}"
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def _append(path: Path, line: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -134,6 +140,10 @@ class Ledger:
         _append(self.jsonl, json.dumps(payload, ensure_ascii=False, allow_nan=False) + "\n")
         if not self.tsv.exists() or self.tsv.stat().st_size == 0:
             _append(self.tsv, self.header)
+        elif not _ends_with_newline(self.tsv):
+            # A row torn by a crash (or a file saved without a final newline): end that line
+            # rather than glue this row onto it. Nothing is deleted from the human view.
+            _append(self.tsv, "\n")
         _append(self.tsv, self.tsv_row(rec))
         return rec
 
