@@ -156,7 +156,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 # --- status, report, prompt, verify ---------------------------------------------------------
 
 
-def _records(repo: Path):  # type: ignore[no-untyped-def]
+def _records(repo: Path):
     from .ledger import Ledger
 
     cfg = load_config(repo)

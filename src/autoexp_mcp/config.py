@@ -301,7 +301,7 @@ def _check_metrics(metrics: tuple[MetricConfig, ...], policy: PolicyConfig, wher
 # --- loading and writing ------------------------------------------------------------------
 
 
-def _loc(err: dict[str, Any]) -> str:
+def _loc(err: Any) -> str:
     parts: list[str] = []
     for p in err.get("loc", ()):
         if isinstance(p, int):

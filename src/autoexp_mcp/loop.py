@@ -136,7 +136,7 @@ class Experiment:
         self.dir.mkdir(exist_ok=True)
         self._lock = threading.RLock()
         self._job: _Job | None = None
-        self._lockfile = self._acquire_lock()
+        self._lockfile: int | None = self._acquire_lock()
         try:
             self.git.ensure_excluded()
             self._switch_tag_files()
@@ -811,32 +811,30 @@ class Experiment:
             elapsed += out.elapsed_s
             truncated = truncated or out.truncated
             rc = out.returncode
+
+            run_facts = dict(elapsed_s=round(elapsed, 3), log=log_rel, log_truncated=truncated, returncode=rc)
+
+            def failed(status: str, reason: str, facts: dict[str, Any] = run_facts) -> EvalResult:
+                return EvalResult.model_validate({"status": status, "reason": reason, **facts})
+
             with self._lock:
                 bad = self._integrity(commit)
-            base = dict(elapsed_s=round(elapsed, 3), log=log_rel, log_truncated=truncated, returncode=rc)
             if bad:
-                return EvalResult(
-                    status="crash", reason="harness changed during the run: " + ", ".join(bad[:10]), **base
-                )
+                return failed("crash", "harness changed during the run: " + ", ".join(bad[:10]))
             if out.status == "timeout":
-                return EvalResult(
-                    status="timeout",
-                    reason=f"the eval ran past the timeout of {cfg.experiment.timeout:g}s and was killed",
-                    **base,
-                )
-            text = metrics.log_text_for_metrics(self.root / log_rel)
-            ex = metrics.extract(cfg.metric, text, cwd=self.root)
+                return failed("timeout", f"the eval ran past the timeout of {cfg.experiment.timeout:g}s and was killed")
             if out.status == "crash":
-                return EvalResult(status="crash", reason=f"the eval exited with code {out.returncode}", **base)
+                return failed("crash", f"the eval exited with code {out.returncode}")
+            ex = metrics.extract(cfg.metric, metrics.log_text_for_metrics(self.root / log_rel), cwd=self.root)
             if not ex.ok:
-                return EvalResult(status="crash", reason="no usable metric: " + ex.summary(), **base)
+                return failed("crash", "no usable metric: " + ex.summary())
             for name_, v in ex.values.items():
                 values[name_].append(v)
             job.repeats_done = k + 1
         meas = policy.Measurement(values)
         return EvalResult(
             status="done",
-            metrics=meas.means(),
+            metrics=dict(meas.means()),
             values=values,
             std=meas.stds() if k_total > 1 else {},
             elapsed_s=round(elapsed, 3),

@@ -112,7 +112,7 @@ class RunOutcome:
     error: str | None = None
 
 
-def _limits(cpu_seconds: int | None, memory_mb: int | None):  # type: ignore[no-untyped-def]
+def _limits(cpu_seconds: int | None, memory_mb: int | None):
     if cpu_seconds is None and memory_mb is None:
         return None
 
