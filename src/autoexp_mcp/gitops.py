@@ -102,7 +102,7 @@ class Git:
 
     def show_file(self, sha: str, path: str) -> bytes:
         try:
-            data = self._g.show(f"{_sha(sha)}:{path}", stdout_as_string=False)
+            data = self._g.show(f"{_sha(sha)}:{path}", stdout_as_string=False, strip_newline_in_stdout=False)
         except git.GitCommandError:
             raise GitError(f"{path} does not exist in commit {sha[:12]}") from None
         assert isinstance(data, bytes)
