@@ -28,7 +28,7 @@ EXCLUDED = ("/.autoexp/", "/results.tsv", "/experiments.jsonl")
 
 
 def _sha(value: str) -> str:
-    if not _SHA_RE.match(value):
+    if not _SHA_RE.fullmatch(value):
         raise GitError(f"internal: {value!r} is not a full commit sha recorded by the server")
     return value
 
