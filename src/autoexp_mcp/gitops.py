@@ -151,11 +151,17 @@ class Git:
             raise GitError(f"could not switch to branch {branch}: {e.stderr.strip()}") from None
 
     def _env(self) -> dict[str, str]:
+        """The fallback identity for each part git would not find (author and committer apart)."""
         if self._identity_env is None:
             name = self._g.config("--get", "user.name", with_exceptions=False).strip()
             email = self._g.config("--get", "user.email", with_exceptions=False).strip()
-            have_env = "GIT_AUTHOR_EMAIL" in os.environ or "EMAIL" in os.environ
-            self._identity_env = {} if (name and email) or have_env else dict(_FALLBACK_IDENTITY)
+            env: dict[str, str] = {}
+            for var, value in _FALLBACK_IDENTITY.items():
+                is_email = var.endswith("_EMAIL")
+                if (email if is_email else name) or var in os.environ or (is_email and "EMAIL" in os.environ):
+                    continue
+                env[var] = value
+            self._identity_env = env
         return self._identity_env
 
     def commit_file(self, path: str, message: str) -> str:
