@@ -1,0 +1,383 @@
+"""gitops against real temporary repositories: branches, exact commits, resets, argument guards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from autoexp_mcp.errors import GitError
+from autoexp_mcp.gitops import _FALLBACK_IDENTITY, EXCLUDED, Git, _sha
+from conftest import git, init_repo
+
+IDENTITY_VARS = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return init_repo(
+        tmp_path / "repo",
+        {"value.txt": "1\n", "evaluate.py": "print('score: 1')\n", "data/train.csv": "a,b\n"},
+    )
+
+
+def plain_git(repo: Path, *args: str) -> str:
+    """git with the environment exactly as the test left it (no pinned identity added)."""
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def status(repo: Path) -> str:
+    return git(repo, "status", "--porcelain", "--untracked-files=all")
+
+
+# --- opening a repository ------------------------------------------------------------------
+
+
+def test_opens_from_a_subdirectory(repo: Path) -> None:
+    g = Git(repo / "data")
+    assert g.root == repo.resolve()
+
+
+def test_not_a_repository_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(GitError, match="is not inside a git repository. Run `git init`"):
+        Git(tmp_path)
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(GitError, match="is not inside a git repository"):
+        Git(tmp_path / "nope")
+
+
+def test_bare_repository_is_refused(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "bare.git")], check=True)
+    with pytest.raises(GitError, match="bare repository"):
+        Git(tmp_path / "bare.git")
+
+
+def test_repo_without_commits_gives_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    git(tmp_path / "empty", "init", "-q", "-b", "main")
+    g = Git(tmp_path / "empty")
+    with pytest.raises(GitError) as info:
+        g.head()
+    assert "has no commits yet" in str(info.value)
+    assert "git commit" in str(info.value)
+
+
+# --- branches ------------------------------------------------------------------------------
+
+
+def test_checkout_branch_creates_it_at_a_sha_and_switches(repo: Path) -> None:
+    g = Git(repo)
+    base = g.head()
+    assert g.current_branch() == "main"
+    assert not g.branch_exists("autoexp/t")
+    g.checkout_branch("autoexp/t", base)
+    assert g.current_branch() == "autoexp/t"
+    assert g.branch_exists("autoexp/t")
+    assert g.head() == base
+    g.checkout_branch("main")
+    assert g.current_branch() == "main"
+    g.checkout_branch("autoexp/t")
+    assert g.current_branch() == "autoexp/t"
+
+
+def test_creating_an_existing_branch_is_a_git_error(repo: Path) -> None:
+    g = Git(repo)
+    g.checkout_branch("autoexp/t", g.head())
+    with pytest.raises(GitError, match="could not switch to branch autoexp/t"):
+        g.checkout_branch("autoexp/t", g.head())
+
+
+def test_checkout_of_a_missing_branch_is_a_git_error(repo: Path) -> None:
+    with pytest.raises(GitError, match="could not switch to branch nope"):
+        Git(repo).checkout_branch("nope")
+
+
+def test_detached_head_has_no_current_branch(repo: Path) -> None:
+    g = Git(repo)
+    git(repo, "checkout", "-q", "--detach")
+    assert g.current_branch() is None
+
+
+def test_branch_commits_lists_the_branch_history(repo: Path) -> None:
+    g = Git(repo)
+    first = g.head()
+    g.checkout_branch("autoexp/t", first)
+    (repo / "value.txt").write_text("2\n")
+    second = g.commit_file("value.txt", "two")
+    assert g.branch_commits("autoexp/t") == {first, second}
+    assert g.branch_commits("main") == {first}
+
+
+# --- commits ---------------------------------------------------------------------------------
+
+
+def test_commit_file_commits_only_the_target(repo: Path) -> None:
+    g = Git(repo)
+    before = g.head()
+    (repo / "value.txt").write_text("2\n")
+    (repo / "evaluate.py").write_text("print('score: 99')\n")
+    (repo / "data/train.csv").write_text("tampered\n")
+    git(repo, "add", "evaluate.py")  # staged harness change
+    sha = g.commit_file("value.txt", "try 2")
+    assert sha == g.head() != before
+    assert git(repo, "show", "--name-only", "--format=", sha).splitlines() == ["value.txt"]
+    assert g.show_file(sha, "evaluate.py") == b"print('score: 1')\n"
+    # The other changes are left exactly as they were: still modified, still staged.
+    assert git(repo, "diff", "--cached", "--name-only").splitlines() == ["evaluate.py"]
+    assert git(repo, "diff", "--name-only").splitlines() == ["data/train.csv"]
+    assert sorted(g.changed()) == ["data/train.csv", "evaluate.py"]
+
+
+def test_commit_message_is_kept_verbatim(repo: Path) -> None:
+    g = Git(repo)
+    (repo / "value.txt").write_text("2\n")
+    message = "-m --amend # not a comment\n\nbody line"
+    sha = g.commit_file("value.txt", message)
+    assert git(repo, "log", "-1", "--format=%B", sha) == message
+    assert git(repo, "rev-list", "--count", "HEAD") == "2"
+
+
+def test_commit_skips_hooks(repo: Path) -> None:
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\nexit 1\n")
+    hook.chmod(0o755)
+    (repo / "value.txt").write_text("2\n")
+    Git(repo).commit_file("value.txt", "hooks do not run")
+
+
+def test_commit_with_nothing_changed_is_a_git_error(repo: Path) -> None:
+    with pytest.raises(GitError, match="git commit failed"):
+        Git(repo).commit_file("value.txt", "no change")
+
+
+def test_changed_lists_tracked_changes_only(repo: Path) -> None:
+    g = Git(repo)
+    assert g.changed() == []
+    (repo / "new file.txt").write_text("untracked\n")
+    (repo / "value.txt").write_text("2\n")
+    (repo / "evaluate.py").unlink()
+    assert sorted(g.changed()) == ["evaluate.py", "value.txt"]
+
+
+def test_reset_hard_returns_to_a_recorded_sha(repo: Path) -> None:
+    g = Git(repo)
+    first = g.head()
+    (repo / "value.txt").write_text("2\n")
+    g.commit_file("value.txt", "two")
+    (repo / "evaluate.py").write_text("changed\n")
+    (repo / "untracked.txt").write_text("keep me\n")
+    g.reset_hard(first)
+    assert g.head() == first
+    assert (repo / "value.txt").read_text() == "1\n"
+    assert (repo / "evaluate.py").read_text() == "print('score: 1')\n"
+    assert (repo / "untracked.txt").read_text() == "keep me\n"
+
+
+def test_restore_and_unstage(repo: Path) -> None:
+    g = Git(repo)
+    head = g.head()
+    (repo / "evaluate.py").write_text("changed\n")
+    (repo / "value.txt").write_text("2\n")
+    git(repo, "add", "value.txt")
+    g.unstage_all(head)
+    assert git(repo, "diff", "--cached", "--name-only") == ""
+    g.restore(head, ["evaluate.py"])
+    assert (repo / "evaluate.py").read_text() == "print('score: 1')\n"
+    assert g.changed() == ["value.txt"]
+    g.restore(head, [])  # nothing to do
+
+
+def test_queries_on_recorded_shas(repo: Path) -> None:
+    g = Git(repo)
+    first = g.head()
+    (repo / "value.txt").write_text("2\n3\n")
+    second = g.commit_file("value.txt", "two")
+    assert g.commit_exists(first)
+    assert not g.commit_exists("0" * 40)
+    assert g.is_ancestor(first, second)
+    assert not g.is_ancestor(second, first)
+    assert g.diff_lines(first, second, "value.txt") == 3  # 1 removed, 2 added
+    assert g.diff_lines(first, second, "evaluate.py") == 0
+    assert g.tree_id(first) != g.tree_id(second)
+    assert g.show_file(first, "value.txt") == b"1\n"
+    assert g.is_tracked("value.txt")
+    assert not g.is_tracked("nope.txt")
+    with pytest.raises(GitError, match="does not exist in commit"):
+        g.show_file(first, "nope.txt")
+
+
+# --- argument guards --------------------------------------------------------------------------
+
+BAD_REFS = ["--output=x", "HEAD", "main", "HEAD~1", "a" * 39, "A" * 40, "a" * 40 + "\n", ""]
+
+SHA_METHODS: dict[str, Callable[[Git, str], object]] = {
+    "reset_hard": lambda g, s: g.reset_hard(s),
+    "commit_exists": lambda g, s: g.commit_exists(s),
+    "is_ancestor": lambda g, s: g.is_ancestor(s, g.head()),
+    "show_file": lambda g, s: g.show_file(s, "value.txt"),
+    "diff_lines": lambda g, s: g.diff_lines(s, g.head(), "value.txt"),
+    "tree_id": lambda g, s: g.tree_id(s),
+    "restore": lambda g, s: g.restore(s, ["value.txt"]),
+    "unstage_all": lambda g, s: g.unstage_all(s),
+    "checkout_branch": lambda g, s: g.checkout_branch("autoexp/x", s),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_REFS)
+def test_sha_refuses_anything_but_a_full_sha(bad: str) -> None:
+    with pytest.raises(GitError, match="is not a full commit sha"):
+        _sha(bad)
+
+
+def test_sha_accepts_a_full_sha() -> None:
+    assert _sha("0123456789abcdef" * 2 + "01234567") == "0123456789abcdef" * 2 + "01234567"
+
+
+@pytest.mark.parametrize("method", sorted(SHA_METHODS))
+def test_sha_taking_methods_refuse_refs_and_options(repo: Path, method: str) -> None:
+    g = Git(repo)
+    head = g.head()
+    for bad in ["--output=x", "HEAD", "main"]:
+        with pytest.raises(GitError, match="is not a full commit sha"):
+            SHA_METHODS[method](g, bad)
+    assert not (repo / "x").exists()
+    assert g.head() == head
+    assert not g.branch_exists("autoexp/x")
+
+
+def test_resolve_gives_full_shas(repo: Path) -> None:
+    g = Git(repo)
+    head = g.head()
+    assert g.resolve("HEAD") == head
+    assert g.resolve("main") == head
+    assert g.resolve(head[:10]) == head
+
+
+@pytest.mark.parametrize("bad", ["-x", "--output=x", "--all"])
+def test_resolve_refuses_a_leading_dash(repo: Path, bad: str) -> None:
+    with pytest.raises(GitError, match="is not a revision"):
+        Git(repo).resolve(bad)
+    assert not (repo / "x").exists()
+
+
+def test_resolve_unknown_revision_is_a_clear_error(repo: Path) -> None:
+    with pytest.raises(GitError, match="'nope' is not a commit in"):
+        Git(repo).resolve("nope")
+
+
+# --- the server's own files ---------------------------------------------------------------------
+
+
+def test_ensure_excluded_hides_the_servers_files_from_status(repo: Path) -> None:
+    g = Git(repo)
+    (repo / "results.tsv").write_text("commit\n")
+    (repo / "experiments.jsonl").write_text("{}\n")
+    (repo / ".autoexp" / "runs").mkdir(parents=True)
+    (repo / ".autoexp" / "runs" / "1.log").write_text("log\n")
+    assert status(repo) != ""
+    g.ensure_excluded()
+    assert status(repo) == ""
+    # Only at the root: a same-named file deeper in the tree is the user's.
+    (repo / "data" / "results.tsv").write_text("x\n")
+    assert status(repo) == "?? data/results.tsv"
+
+
+def test_ensure_excluded_is_idempotent(repo: Path) -> None:
+    g = Git(repo)
+    exclude = repo / ".git" / "info" / "exclude"
+    exclude.write_text("*.bak")  # the user's own entry, without a final newline
+    g.ensure_excluded()
+    once = exclude.read_text()
+    g.ensure_excluded()
+    Git(repo).ensure_excluded()
+    assert exclude.read_text() == once
+    lines = once.splitlines()
+    assert lines[0] == "*.bak"
+    for entry in EXCLUDED:
+        assert lines.count(entry) == 1
+
+
+def test_ensure_excluded_creates_info_dir(repo: Path) -> None:
+    info = repo / ".git" / "info"
+    for p in info.iterdir():
+        p.unlink()
+    info.rmdir()
+    Git(repo).ensure_excluded()
+    assert set(EXCLUDED) <= set((info / "exclude").read_text().splitlines())
+
+
+# --- identity --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_identity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No identity anywhere: no GIT_* or EMAIL variables, an empty global config, no system config."""
+    for var in IDENTITY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    empty = tmp_path / "empty.gitconfig"
+    empty.write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+def author_and_committer(repo: Path) -> str:
+    return plain_git(repo, "log", "-1", "--format=%an <%ae> / %cn <%ce>")
+
+
+@pytest.mark.usefixtures("no_identity")
+def test_commit_works_with_no_git_identity(repo: Path) -> None:
+    (repo / "value.txt").write_text("2\n")
+    Git(repo).commit_file("value.txt", "no identity")
+    name, email = _FALLBACK_IDENTITY["GIT_AUTHOR_NAME"], _FALLBACK_IDENTITY["GIT_AUTHOR_EMAIL"]
+    assert author_and_committer(repo) == f"{name} <{email}> / {name} <{email}>"
+
+
+@pytest.mark.usefixtures("no_identity")
+def test_commit_uses_the_repos_configured_identity(repo: Path) -> None:
+    plain_git(repo, "config", "user.name", "Repo User")
+    plain_git(repo, "config", "user.email", "repo@example.com")
+    (repo / "value.txt").write_text("2\n")
+    Git(repo).commit_file("value.txt", "configured")
+    assert author_and_committer(repo) == "Repo User <repo@example.com> / Repo User <repo@example.com>"
+
+
+FALLBACK = f"{_FALLBACK_IDENTITY['GIT_AUTHOR_NAME']} <{_FALLBACK_IDENTITY['GIT_AUTHOR_EMAIL']}>"
+
+
+@pytest.mark.usefixtures("no_identity")
+@pytest.mark.parametrize(
+    ("env", "config", "expected"),
+    [
+        (
+            {"GIT_AUTHOR_NAME": "Env", "GIT_AUTHOR_EMAIL": "env@example.com"},
+            {},
+            f"Env <env@example.com> / {FALLBACK}",
+        ),
+        ({"EMAIL": "mail@example.com"}, {}, "autoexp-mcp <mail@example.com> / autoexp-mcp <mail@example.com>"),
+        ({}, {"user.email": "cfg@example.com"}, "autoexp-mcp <cfg@example.com> / autoexp-mcp <cfg@example.com>"),
+        ({}, {"user.name": "Cfg"}, "Cfg <autoexp-mcp@localhost> / Cfg <autoexp-mcp@localhost>"),
+    ],
+    ids=["author-from-env", "EMAIL-var", "email-configured", "name-configured"],
+)
+def test_commit_fills_in_only_the_missing_parts_of_the_identity(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], config: dict[str, str], expected: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for k, v in config.items():
+        plain_git(repo, "config", k, v)
+    (repo / "value.txt").write_text("2\n")
+    Git(repo).commit_file("value.txt", "partial identity")
+    assert author_and_committer(repo) == expected
+
+
+def test_pinned_identity_is_used_when_present(repo: Path) -> None:
+    assert os.environ["GIT_AUTHOR_NAME"] == "Test Author"
+    (repo / "value.txt").write_text("2\n")
+    Git(repo).commit_file("value.txt", "pinned")
+    assert author_and_committer(repo) == "Test Author <author@example.com> / Test Author <author@example.com>"
