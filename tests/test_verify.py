@@ -1,0 +1,229 @@
+"""`autoexp-mcp verify`: the hash chain, the kept commits on the branch, results.tsv against the JSONL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autoexp_mcp.ledger import GENESIS_HASH, record_hash
+from autoexp_mcp.loop import Experiment
+from autoexp_mcp.verify import verify
+from conftest import GIT_ENV, git, harness_config, init_repo, play
+
+# The template run: line 1 baseline (keep), 2 keep, 3 discard, 4 crash, 5 keep.
+PLAYS = ["3", "2", "crash", "5"]
+STATUSES = ["keep", "keep", "discard", "crash", "keep"]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One finished run, built once; each test tampers with its own copy."""
+    home = tmp_path_factory.mktemp("verify-home")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in GIT_ENV.items():
+            mp.setenv(k, v)
+        mp.setenv("HOME", str(home))
+        mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+        from conftest import HARNESS
+
+        repo = init_repo(
+            tmp_path_factory.mktemp("verify") / "repo",
+            {"value.txt": "1\n", "evaluate.py": HARNESS, "autoexp.toml": harness_config(crashes=5)},
+        )
+        exp = Experiment(repo)
+        try:
+            exp.run_eval(30)
+            exp.decide()
+            exp.log_result()
+            for value in PLAYS:
+                play(exp, value)
+        finally:
+            exp.close()
+        yield repo
+
+
+@pytest.fixture
+def repo(template: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "repo"
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
+
+
+def jsonl_lines(repo: Path) -> list[str]:
+    return (repo / "experiments.jsonl").read_text().splitlines()
+
+
+def write_jsonl(repo: Path, lines: list[str]) -> None:
+    (repo / "experiments.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def rechain(records: list[dict]) -> list[str]:
+    """What a careful forger does: recompute every hash so the chain itself holds."""
+    prev = GENESIS_HASH
+    out = []
+    for r in records:
+        r = {**r, "prev_hash": prev}
+        r["hash"] = record_hash(r)
+        prev = r["hash"]
+        out.append(json.dumps(r))
+    return out
+
+
+def test_a_clean_run_passes(repo: Path) -> None:
+    assert [json.loads(x)["status"] for x in jsonl_lines(repo)] == STATUSES
+    assert verify(repo) == []
+
+
+def test_an_edited_row_is_reported_with_its_line(repo: Path) -> None:
+    lines = jsonl_lines(repo)
+    rec = json.loads(lines[2])
+    lines[2] = json.dumps({**rec, "status": "keep"})
+    write_jsonl(repo, lines)
+    problems = verify(repo)
+    assert "experiments.jsonl line 3: hash does not match its content (edited?)" in problems
+    assert all("line 4" not in p for p in problems if p.startswith("experiments.jsonl")), problems
+
+
+def test_an_edited_row_with_a_recomputed_hash_breaks_the_next_link(repo: Path) -> None:
+    lines = jsonl_lines(repo)
+    rec = json.loads(lines[1])
+    rec["metrics"] = {"score": 30.0}
+    rec["hash"] = record_hash(rec)
+    lines[1] = json.dumps(rec)
+    write_jsonl(repo, lines)
+    problems = verify(repo)
+    assert problems == [
+        "experiments.jsonl line 3: prev_hash does not match line 2 (reordered or a row deleted?)",
+        "results.tsv line 3: score '3.000000' differs from experiments.jsonl experiment 2 ('30.000000')",
+    ]
+
+
+def test_reordered_rows_are_reported(repo: Path) -> None:
+    lines = jsonl_lines(repo)
+    lines[2], lines[3] = lines[3], lines[2]
+    write_jsonl(repo, lines)
+    problems = verify(repo)
+    assert "experiments.jsonl line 3: prev_hash does not match line 2 (reordered or a row deleted?)" in problems
+    assert "experiments.jsonl line 4: prev_hash does not match line 3 (reordered or a row deleted?)" in problems
+    assert any(p.startswith("experiments.jsonl line 3: experiment 4 follows experiment 2") for p in problems)
+    assert "results.tsv line 4: status 'discard' differs from experiments.jsonl experiment 4 ('crash')" in problems
+
+
+def test_a_deleted_middle_row_is_reported(repo: Path) -> None:
+    lines = jsonl_lines(repo)
+    del lines[2]
+    write_jsonl(repo, lines)
+    problems = verify(repo)
+    assert "experiments.jsonl line 3: prev_hash does not match line 2 (reordered or a row deleted?)" in problems
+    expected = "experiments.jsonl line 3: experiment 4 follows experiment 2; expected 3"
+    assert any(p.startswith(expected) for p in problems)
+    assert "results.tsv line 6: no matching record in experiments.jsonl" in problems
+
+
+def test_rows_deleted_from_the_end_are_caught_by_the_state_and_the_tsv(repo: Path) -> None:
+    write_jsonl(repo, jsonl_lines(repo)[:3])
+    problems = verify(repo)
+    assert any(
+        p.startswith("experiments.jsonl line 3: the last record is experiment 3, but .autoexp/state.json counts 5")
+        for p in problems
+    ), problems
+    assert "results.tsv line 5: no matching record in experiments.jsonl" in problems
+
+
+def test_a_torn_last_line_is_reported(repo: Path) -> None:
+    text = (repo / "experiments.jsonl").read_text()
+    (repo / "experiments.jsonl").write_text(text[:-40])
+    problems = verify(repo)
+    assert "experiments.jsonl line 5: an incomplete record (a write cut short by a crash?)" in problems
+
+
+def test_a_changed_tsv_row_is_reported_column_by_column(repo: Path) -> None:
+    tsv = repo / "results.tsv"
+    rows = tsv.read_text().splitlines()
+    cols = rows[3].split("\t")
+    assert cols[2] == "discard"
+    cols[2] = "keep"
+    cols[3] = "a better story"
+    rows[3] = "\t".join(cols)
+    tsv.write_text("\n".join(rows) + "\n")
+    assert verify(repo) == [
+        "results.tsv line 4: status 'keep' differs from experiments.jsonl experiment 3 ('discard')",
+        "results.tsv line 4: description 'a better story' differs from experiments.jsonl experiment 3 ('try 2')",
+    ]
+
+
+def test_a_missing_tsv_row_is_reported(repo: Path) -> None:
+    tsv = repo / "results.tsv"
+    tsv.write_text("".join(tsv.read_text().splitlines(keepends=True)[:-1]))
+    assert verify(repo) == [
+        "results.tsv line 6: missing; experiments.jsonl has 1 more record(s), from experiment 5",
+    ]
+
+
+def test_a_keep_commit_that_is_not_on_the_branch(repo: Path) -> None:
+    kept = json.loads(jsonl_lines(repo)[4])["commit"]
+    # Someone moves the branch back past the last kept commit.
+    git(repo, "reset", "-q", "--hard", "HEAD~1")
+    assert verify(repo) == [f"experiments.jsonl line 5: keep commit {kept} is not on branch autoexp/t"]
+
+
+def test_a_keep_commit_that_does_not_exist(repo: Path) -> None:
+    records = [json.loads(x) for x in jsonl_lines(repo)]
+    records[1]["commit"] = "deadbee"
+    write_jsonl(repo, rechain(records))
+    problems = verify(repo)
+    missing = "experiments.jsonl line 2: keep commit deadbee does not exist in the repository, nor on branch autoexp/t"
+    assert missing in problems
+    assert any(p.startswith("results.tsv line 3: commit ") for p in problems), "the TSV still tells the truth"
+
+
+def test_a_reverted_commit_put_back_on_the_branch(repo: Path) -> None:
+    discarded = json.loads(jsonl_lines(repo)[2])["commit"]
+    git(repo, "reset", "-q", "--hard", discarded)
+    problems = verify(repo)
+    assert f"experiments.jsonl line 3: discard commit {discarded} is on branch autoexp/t, but it was reverted" in (
+        problems
+    )
+    assert any("keep commit" in p and "line 5" in p for p in problems)
+
+
+def test_a_commit_field_that_is_not_a_sha_never_reaches_git(repo: Path) -> None:
+    records = [json.loads(x) for x in jsonl_lines(repo)]
+    records[1]["commit"] = "--output=/tmp/x"
+    write_jsonl(repo, rechain(records))
+    problems = verify(repo)
+    assert "experiments.jsonl line 2: commit '--output=/tmp/x' is not a commit id" in problems
+
+
+def test_an_empty_ledger_passes(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "r", {"value.txt": "1\n", "autoexp.toml": harness_config()})
+    assert verify(repo) == []
+
+
+def run_cli(repo: Path) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "autoexp-mcp"
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ["HOME"], **GIT_ENV}
+    return subprocess.run(
+        [str(exe), "verify", "--repo", str(repo)], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_the_cli_exits_0_on_a_clean_ledger_and_1_with_every_problem(repo: Path) -> None:
+    ok = run_cli(repo)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("ok:")
+    lines = jsonl_lines(repo)
+    del lines[1]
+    write_jsonl(repo, lines)
+    bad = run_cli(repo)
+    assert bad.returncode == 1
+    out = bad.stdout.splitlines()
+    assert "FAIL: experiments.jsonl line 2: prev_hash does not match line 1 (reordered or a row deleted?)" in out
+    assert all(line.startswith("FAIL: ") for line in out)
