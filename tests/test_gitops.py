@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +17,26 @@ from conftest import git, init_repo
 IDENTITY_VARS = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL")
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One committed repository per module; each test gets a copy (much faster than git init)."""
+    home = tmp_path_factory.mktemp("template-home")
+    (home / ".gitconfig").write_text("")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+        repo = init_repo(
+            tmp_path_factory.mktemp("template") / "repo",
+            {"value.txt": "1\n", "evaluate.py": "print('score: 1')\n", "data/train.csv": "a,b\n"},
+        )
+    for sample in (repo / ".git" / "hooks").glob("*.sample"):
+        sample.unlink()  # fewer files to copy per test
+    return repo
+
+
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return init_repo(
-        tmp_path / "repo",
-        {"value.txt": "1\n", "evaluate.py": "print('score: 1')\n", "data/train.csv": "a,b\n"},
-    )
+def repo(template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(template, tmp_path / "repo", symlinks=True))
 
 
 def plain_git(repo: Path, *args: str) -> str:

@@ -28,7 +28,7 @@ TIMEOUT_S = 0.75  # eval timeout where one is hit: long enough for Python to sta
 
 def spec(tmp_path: Path, code: str, **kw: object) -> RunSpec:
     fields: dict[str, object] = {
-        "argv": [sys.executable, "-c", textwrap.dedent(code)],
+        "argv": [sys.executable, "-I", "-S", "-c", textwrap.dedent(code)],  # -I -S: quick start
         "cwd": tmp_path,
         "env": build_env(DEFAULT_ENV_ALLOWLIST, {}),
         "timeout_s": 10.0,
