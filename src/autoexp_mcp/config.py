@@ -205,6 +205,10 @@ class HoldoutConfig(_Frozen):
     def _eval(cls, v: str) -> str:
         return _check_command(v)
 
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.eval)
+
 
 class BudgetConfig(_Frozen):
     max_experiments: int | None = Field(None, ge=1)

@@ -13,6 +13,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import shutil
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 
 from . import budget as budgetmod
 from . import guard, ledger, metrics, policy
-from .config import DEFAULT_ENV_ALLOWLIST, Config, load_config
+from .config import DEFAULT_ENV_ALLOWLIST, Config, MetricConfig, load_config
 from .errors import (
     AutoexpError,
     BudgetExhausted,
@@ -338,13 +339,15 @@ class Experiment:
             raise OrderError(f"{tool} is not allowed in phase '{st.phase}'. Call {nxt} next.", nxt)
 
     def _usage(self) -> budgetmod.Usage:
+        """Usage of the running stage (the whole run when there are no stages)."""
         st = self.state
+        since = st.stage_started_at if st.stage_started_at is not None else st.started_at
         return budgetmod.Usage(
-            experiments=st.experiments - st.stage_started_experiments if self.full_cfg.stage else st.experiments,
+            experiments=st.experiments - st.stage_started_experiments,
             consecutive_crashes=st.consecutive_crashes,
-            cost_usd=st.cost_usd,
+            cost_usd=st.cost_usd - st.stage_started_cost,
             tokens_used=st.tokens_used,
-            elapsed_s=max(0.0, time.time() - st.started_at),
+            elapsed_s=max(0.0, time.time() - since),
         )
 
     def budget(self) -> budgetmod.BudgetView:
@@ -576,25 +579,27 @@ class Experiment:
                 holdout=r.holdout,
                 experiment=p.experiment,
             )
+            index = p.experiment - 1 - st.stage_started_experiments
             if r.status in ("crash", "timeout"):
                 d = policy.Decision(r.status, r.status, r.reason or r.status)  # type: ignore[arg-type]
             elif p.baseline and st.incumbent is None:
                 d = policy.decide(policy.Measurement(r.values), None, cfg, experiment_index=0)
             else:
                 assert st.incumbent is not None
+                if r.drift_values:
+                    self._apply_drift(p, st.incumbent, r.drift_values)
                 d = policy.decide(
-                    policy.Measurement(r.values),
-                    policy.Measurement(st.incumbent.values),
-                    cfg,
-                    experiment_index=p.experiment - 1 - st.stage_started_experiments,
+                    policy.Measurement(r.values), policy.Measurement(st.incumbent.values), cfg, experiment_index=index
                 )
                 if d.status == "keep" and r.holdout_failed:
                     d = policy.Decision("discard", "holdout", "held-out check failed: the change does not generalise")
+                if p.drift_note:
+                    d = policy.Decision(d.status, d.rule, f"{d.reason} [{p.drift_note}]", d.margin, d.details)
             kept = d.status in ("keep", "explore")
             p.decision = DecisionState(status=d.status, rule=d.rule, reason=d.reason, margin=d.margin)
             if kept:
                 st.incumbent = point
-                if d.status == "keep" and (st.best is None or _is_better(cfg, point, st.best)):
+                if d.status == "keep" and (st.best is None or self._beats(point, st.best)):
                     st.best = point
                 if st.baseline is None:
                     st.baseline = point
@@ -619,6 +624,29 @@ class Experiment:
                 reverted=reverted,
                 next="log_result",
             )
+
+    def _apply_drift(self, p: Pending, inc: Point, fresh: dict[str, list[float]]) -> None:
+        """The incumbent re-measured before this experiment: adopt the new figures if they moved."""
+        cfg = self.cfg
+        moved, why = policy.drift(
+            policy.Measurement(inc.values), policy.Measurement(fresh), cfg.objective, cfg.policy.noise_sigmas
+        )
+        if moved:
+            inc.values = fresh
+            inc.metrics = dict(policy.Measurement(fresh).means())
+            p.drift_note = f"incumbent re-measured and updated: {why}"
+        else:
+            p.drift_note = f"incumbent re-measured, no drift: {why}"
+
+    def _beats(self, cand: Point, best: Point) -> bool:
+        """Whether `cand` should replace the best-ever point, by the configured rule itself."""
+        cfg = self.cfg
+        if cfg.policy.explore_every:
+            cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"explore_every": 0})})
+        verdict = policy.decide(
+            policy.Measurement(cand.values), policy.Measurement(best.values), cfg, experiment_index=1
+        )
+        return verdict.status == "keep"
 
     def log_result(
         self,
@@ -664,6 +692,11 @@ class Experiment:
                 log_truncated=r.log_truncated,
                 harness=st.harness,
             )
+            if p.drift_note:
+                fields["drift"] = p.drift_note
+            if self.cfg.holdout is not None and (r.holdout is not None or r.holdout_failed):
+                # Marked, and only here: never in a tool result or the prompt.
+                fields["holdout"] = {"value": r.holdout, "passed": not r.holdout_failed, "hidden": True}
             rec = self.ledger.append(fields)
             self._advance_after_log(p, cost, int(tokens_used))
             return LogResult(
@@ -688,9 +721,43 @@ class Experiment:
         st.experiments = p.experiment
         st.cost_usd += cost
         st.tokens_used += tokens
-        st.consecutive_crashes = st.consecutive_crashes + 1 if p.decision.status in ("crash", "timeout") else 0
+        crashed = p.decision.status in ("crash", "timeout")
+        st.consecutive_crashes = st.consecutive_crashes + 1 if crashed else 0
         st.pending = None
         st.phase = Phase.IDLE
+        self._save()
+        self._maybe_next_stage()
+
+    def _maybe_next_stage(self) -> None:
+        """When a pipeline stage's budget is spent, freeze its target and start the next stage
+        from the stage's best commit (with a fresh baseline for the new metrics)."""
+        st = self.state
+        stages = self.full_cfg.stage
+        if not stages or st.stage + 1 >= len(stages):
+            return
+        view = self.budget()
+        crash_cap = self.cfg.budget.abort_on_consecutive_crashes
+        if not view.stop or (crash_cap is not None and st.consecutive_crashes >= crash_cap):
+            return  # still within budget, or stopped by crashes: that stops the whole pipeline
+        best = st.best or st.incumbent
+        start = best.commit if best is not None else self.git.head()
+        log.info(
+            "stage %s finished (%s); next stage starts from %s",
+            self.full_cfg.stage_name(st.stage),
+            view.reason,
+            start[:12],
+        )
+        st.stage += 1
+        st.stage_started_experiments = st.experiments
+        st.stage_started_at = time.time()
+        st.stage_started_cost = st.cost_usd
+        st.consecutive_crashes = 0
+        st.incumbent = st.best = st.baseline = None
+        st.start_commit = start
+        self._save()
+        self.git.reset_hard(start)
+        self._check_target_tracked(start)
+        st.harness = self._harness_hash(start)
         self._save()
 
     def budget_status(self) -> BudgetStatus:
@@ -728,6 +795,9 @@ class Experiment:
         from . import prompting
 
         records = self.ledger.tail(200)
+        if self.full_cfg.stage:
+            stage = self.full_cfg.stage_name(self.state.stage)
+            records = [r for r in records if r.stage == stage]
         return prompting.render(self.cfg, records, root=self.root, domain=domain, stage_line=self.stage_line())
 
     def last_log(self) -> Path | None:
@@ -783,35 +853,39 @@ class Experiment:
         assert proc.outcome is not None
         return proc.outcome
 
-    def _execute(self, job: _Job) -> EvalResult:
-        cfg = self.cfg
-        with self._lock:
-            p = self.state.pending
-            assert p is not None and p.commit is not None
-            commit = p.commit
-        k_total = cfg.policy.repeats
-        values: dict[str, list[float]] = {m.name: [] for m in cfg.metric}
+    def _measure(
+        self,
+        job: _Job,
+        *,
+        argv: Sequence[str],
+        label: str,
+        commit: str,
+        repeats: int,
+        metric_cfgs: Sequence[MetricConfig],
+        timeout: float,
+    ) -> EvalResult:
+        """Run `argv` `repeats` times with integrity checks around each run; extract metrics."""
+        values: dict[str, list[float]] = {m.name: [] for m in metric_cfgs}
         elapsed = 0.0
         log_rel = ""
         truncated = False
         rc: int | None = None
-        for k in range(k_total):
+        for k in range(repeats):
             if job.cancelled:
                 return EvalResult(status="crash", reason="cancelled")
             with self._lock:
                 bad = self._integrity(commit)
             if bad:
                 return EvalResult(status="crash", reason="harness changed before the run: " + ", ".join(bad[:10]))
-            name = f"{job.run}.log" if k_total == 1 else f"{job.run}-{k + 1}.log"
+            name = f"{label}.log" if repeats == 1 else f"{label}-{k + 1}.log"
             log_rel = f"{STATE_DIR}/runs/{name}"
             try:
-                out = self._run_once(job, cfg.experiment.argv, name, k, commit, cfg.experiment.timeout)
+                out = self._run_once(job, argv, name, k, commit, timeout)
             except EvalError as e:
                 return EvalResult(status="crash", reason=str(e), log=log_rel)
             elapsed += out.elapsed_s
             truncated = truncated or out.truncated
             rc = out.returncode
-
             run_facts = dict(elapsed_s=round(elapsed, 3), log=log_rel, log_truncated=truncated, returncode=rc)
 
             def failed(status: str, reason: str, facts: dict[str, Any] = run_facts) -> EvalResult:
@@ -822,10 +896,10 @@ class Experiment:
             if bad:
                 return failed("crash", "harness changed during the run: " + ", ".join(bad[:10]))
             if out.status == "timeout":
-                return failed("timeout", f"the eval ran past the timeout of {cfg.experiment.timeout:g}s and was killed")
+                return failed("timeout", f"the eval ran past the timeout of {timeout:g}s and was killed")
             if out.status == "crash":
                 return failed("crash", f"the eval exited with code {out.returncode}")
-            ex = metrics.extract(cfg.metric, metrics.log_text_for_metrics(self.root / log_rel), cwd=self.root)
+            ex = metrics.extract(metric_cfgs, metrics.log_text_for_metrics(self.root / log_rel), cwd=self.root)
             if not ex.ok:
                 return failed("crash", "no usable metric: " + ex.summary())
             for name_, v in ex.values.items():
@@ -836,13 +910,82 @@ class Experiment:
             status="done",
             metrics=dict(meas.means()),
             values=values,
-            std=meas.stds() if k_total > 1 else {},
+            std=meas.stds() if repeats > 1 else {},
             elapsed_s=round(elapsed, 3),
             log=log_rel,
             log_truncated=truncated,
             returncode=rc,
-            reason=f"measured in {elapsed:.1f}s" + (f" over {k_total} runs" if k_total > 1 else ""),
+            reason=f"measured in {elapsed:.1f}s" + (f" over {repeats} runs" if repeats > 1 else ""),
         )
+
+    def _put_target(self, commit: str) -> None:
+        """Make the target on disk the version in `commit` (atomic write, only if it differs)."""
+        target = self.cfg.experiment.target
+        want = self.git.show_file(commit, target)
+        path = self._target_path()
+        if path.read_bytes() != want:
+            guard.atomic_write_file(path, want)
+
+    def _execute(self, job: _Job) -> EvalResult:
+        cfg = self.cfg
+        with self._lock:
+            st = self.state
+            p = st.pending
+            assert p is not None and p.commit is not None
+            commit, baseline, inc = p.commit, p.baseline, st.incumbent
+            index = p.experiment - 1 - st.stage_started_experiments
+        # After an interrupted drift run the target may still hold the incumbent's version.
+        self._put_target(commit)
+        k = cfg.policy.repeats
+        common = dict(
+            argv=cfg.experiment.argv, commit=commit, repeats=k, metric_cfgs=cfg.metric, timeout=cfg.experiment.timeout
+        )
+        drift_values: dict[str, list[float]] | None = None
+        every = cfg.policy.drift_every
+        if not baseline and inc is not None and every and index > 0 and index % every == 0:
+            self._put_target(inc.commit)
+            try:
+                again = self._measure(job, label=f"{job.run}.drift", **common)  # type: ignore[arg-type]
+            finally:
+                self._put_target(commit)
+            if again.status == "done":
+                drift_values = again.values
+        result = self._measure(job, label=str(job.run), **common)  # type: ignore[arg-type]
+        if result.status != "done":
+            return result
+        result.drift_values = drift_values
+        hold = cfg.holdout
+        if hold is None:
+            return result
+        if not baseline:
+            assert inc is not None
+            incumbent = policy.Measurement(drift_values or inc.values)
+            prelim = policy.decide(policy.Measurement(result.values), incumbent, cfg, experiment_index=index)
+            if prelim.status != "keep":
+                return result
+        # The hold-out runs only on a candidate about to be kept (and on the baseline, to know
+        # the incumbent's figure). Its output and figures never reach the agent.
+        held = self._measure(
+            job,
+            argv=hold.argv,
+            label=f"{job.run}.holdout",
+            commit=commit,
+            repeats=1,
+            metric_cfgs=[cfg.objective],
+            timeout=hold.timeout or cfg.experiment.timeout,
+        )
+        value = held.metrics.get(cfg.objective.name) if held.status == "done" else None
+        result.holdout = value
+        if not baseline:
+            assert inc is not None
+            gate = policy.holdout_gate(
+                math.nan if value is None else value,
+                math.nan if inc.holdout is None else inc.holdout,
+                cfg.objective,
+                hold.tolerance,
+            )
+            result.holdout_failed = gate is not None
+        return result
 
     def _finish_run(self, job: _Job, result: EvalResult) -> None:
         with self._lock:
@@ -863,13 +1006,6 @@ def _diff_lines(a: str, b: str) -> int:
         for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0)
         if line[:1] in "+-" and not line.startswith(("+++", "---"))
     )
-
-
-def _is_better(cfg: Config, a: Point, b: Point) -> bool:
-    m = cfg.objective
-    if m.name not in a.metrics or m.name not in b.metrics:
-        return True
-    return policy.better(m, a.metrics[m.name], b.metrics[m.name]) > 0
 
 
 __all__ = ["AutoexpError", "Experiment"]

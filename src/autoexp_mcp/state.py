@@ -54,6 +54,7 @@ class EvalResult(_Model):
     returncode: int | None = None
     holdout: float | None = None
     holdout_failed: bool = False
+    drift_values: dict[str, list[float]] | None = None
 
 
 class DecisionState(_Model):
@@ -98,6 +99,8 @@ class State(_Model):
     runs: int = 0  # eval runs started (names the log files)
     stage: int = 0
     stage_started_experiments: int = 0
+    stage_started_at: float | None = None
+    stage_started_cost: float = 0.0
     harness: str | None = None
     pending: Pending | None = None
 
