@@ -13,11 +13,11 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import git, init_repo
 from mcp import Client
 
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.server import build_server
+from conftest import git, init_repo
 
 pytestmark = pytest.mark.anyio
 
