@@ -93,17 +93,11 @@ def to_bin(v: float, edges: list[float]) -> int:
     return lo
 
 
-def build_tree(idx, cols, g, h, depth, hp, n_bins):
-    """A node: ("leaf", value) or ("split", feature, bin threshold, left, right)."""
+def histograms(idx, cols, g, h, n_bins):
+    """Per feature: (gradient sum, hessian sum, count) of the rows `idx` in each bin."""
     g_node, h_node = [g[i] for i in idx], [h[i] for i in idx]
-    gs, hs = math.fsum(g_node), math.fsum(h_node)
-    leaf = ("leaf", -gs / (hs + hp["l2"]))
-    min_leaf = hp["min_samples_leaf"]
-    if depth == 0 or len(idx) < 2 * min_leaf:
-        return leaf
-    parent = gs * gs / (hs + hp["l2"])
-    best = (1e-9, -1, -1)
-    for j, col in enumerate(cols):
+    out = []
+    for col in cols:
         bins = [col[i] for i in idx]
         gh, hh, cnt = [0.0] * n_bins, [0.0] * n_bins, [0] * n_bins
         for b, gi, hi in zip(bins, g_node, h_node, strict=True):
@@ -111,6 +105,32 @@ def build_tree(idx, cols, g, h, depth, hp, n_bins):
             hh[b] += hi
         for b, c in Counter(bins).items():
             cnt[b] = c
+        out.append((gh, hh, cnt))
+    return out
+
+
+def subtract(parent, child):
+    """The sibling's histograms: parent minus child (half the work of counting them)."""
+    return [
+        (
+            [a - b for a, b in zip(pg, cg, strict=True)],
+            [a - b for a, b in zip(ph, ch, strict=True)],
+            [a - b for a, b in zip(pc, cc, strict=True)],
+        )
+        for (pg, ph, pc), (cg, ch, cc) in zip(parent, child, strict=True)
+    ]
+
+
+def build_tree(idx, hists, cols, g, h, depth, hp, n_bins):
+    """A node: ("leaf", value) or ("split", feature, bin threshold, left, right)."""
+    l2, min_leaf = hp["l2"], hp["min_samples_leaf"]
+    gs, hs = math.fsum(g[i] for i in idx), math.fsum(h[i] for i in idx)
+    leaf = ("leaf", -gs / (hs + l2))
+    if depth == 0 or len(idx) < 2 * min_leaf:
+        return leaf
+    parent = gs * gs / (hs + l2)
+    best = (1e-9, -1, -1)
+    for j, (gh, hh, cnt) in enumerate(hists):
         gl = hl = 0.0
         nl = 0
         for b in range(n_bins - 1):
@@ -120,7 +140,7 @@ def build_tree(idx, cols, g, h, depth, hp, n_bins):
             if len(idx) - nl < min_leaf:
                 break
             gr, hr = gs - gl, hs - hl
-            gain = gl * gl / (hl + hp["l2"]) + gr * gr / (hr + hp["l2"]) - parent
+            gain = gl * gl / (hl + l2) + gr * gr / (hr + l2) - parent
             if gain > best[0]:
                 best = (gain, j, b)
     _, j, b = best
@@ -128,12 +148,20 @@ def build_tree(idx, cols, g, h, depth, hp, n_bins):
         return leaf
     left = [i for i in idx if cols[j][i] <= b]
     right = [i for i in idx if cols[j][i] > b]
+    h_left = h_right = None
+    if depth > 1:
+        if len(left) <= len(right):
+            h_left = histograms(left, cols, g, h, n_bins)
+            h_right = subtract(hists, h_left)
+        else:
+            h_right = histograms(right, cols, g, h, n_bins)
+            h_left = subtract(hists, h_right)
     return (
         "split",
         j,
         b,
-        build_tree(left, cols, g, h, depth - 1, hp, n_bins),
-        build_tree(right, cols, g, h, depth - 1, hp, n_bins),
+        build_tree(left, h_left, cols, g, h, depth - 1, hp, n_bins),
+        build_tree(right, h_right, cols, g, h, depth - 1, hp, n_bins),
     )
 
 
@@ -166,7 +194,7 @@ def train_and_score(hp: dict[str, float]) -> tuple[float, float]:
         g = [pi - yi for pi, yi in zip(p, ytr, strict=True)]
         h = [max(pi * (1 - pi), 1e-6) for pi in p]
         idx = sorted(sub_rng.sample(range(N_TRAIN), n_sub)) if n_sub < N_TRAIN else list(range(N_TRAIN))
-        tree = build_tree(idx, cols, g, h, int(hp["max_depth"]), hp, n_bins)
+        tree = build_tree(idx, histograms(idx, cols, g, h, n_bins), cols, g, h, int(hp["max_depth"]), hp, n_bins)
         lr = hp["learning_rate"]
         ftr = [f + lr * predict(tree, r) for f, r in zip(ftr, rows_tr, strict=True)]
         fva = [f + lr * predict(tree, r) for f, r in zip(fva, rows_va, strict=True)]
