@@ -22,6 +22,8 @@ from math import exp, log1p
 from operator import mul
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # leave no __pycache__ in the repository
+
 ROOT = Path(__file__).resolve().parent
 TARGET = ROOT / "features.py"
 DATA = ROOT / "data"
