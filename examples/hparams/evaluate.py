@@ -171,6 +171,16 @@ def predict(tree, row_bins) -> float:
     return tree[1]
 
 
+def stable_sample(rng: random.Random, n: int, k: int) -> list[int]:
+    """k of range(n), sorted (a partial Fisher-Yates on random(), whose sequence is the same on
+    every Python version, unlike random.sample's)."""
+    pool = list(range(n))
+    for i in range(k):
+        j = i + int(rng.random() * (n - i))
+        pool[i], pool[j] = pool[j], pool[i]
+    return sorted(pool[:k])
+
+
 def sigmoid(z: float) -> float:
     return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
 
@@ -193,7 +203,7 @@ def train_and_score(hp: dict[str, float]) -> tuple[float, float]:
         p = [sigmoid(f) for f in ftr]
         g = [pi - yi for pi, yi in zip(p, ytr, strict=True)]
         h = [max(pi * (1 - pi), 1e-6) for pi in p]
-        idx = sorted(sub_rng.sample(range(N_TRAIN), n_sub)) if n_sub < N_TRAIN else list(range(N_TRAIN))
+        idx = stable_sample(sub_rng, N_TRAIN, n_sub) if n_sub < N_TRAIN else list(range(N_TRAIN))
         tree = build_tree(idx, histograms(idx, cols, g, h, n_bins), cols, g, h, int(hp["max_depth"]), hp, n_bins)
         lr = hp["learning_rate"]
         ftr = [f + lr * predict(tree, r) for f, r in zip(ftr, rows_tr, strict=True)]
