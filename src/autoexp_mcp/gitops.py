@@ -51,9 +51,10 @@ class Git:
     # --- queries ---------------------------------------------------------------------
 
     def head(self) -> str:
+        """The full sha HEAD points at, read from the refs without spawning git."""
         try:
-            return str(self._g.rev_parse("--verify", "HEAD^{commit}")).strip()
-        except git.GitCommandError:
+            return self.repo.head.commit.hexsha
+        except ValueError:
             raise GitError(
                 f"{self.root} has no commits yet. Commit your target and harness first "
                 "(git add -A && git commit -m 'initial')."
@@ -165,9 +166,8 @@ class Git:
         return self._identity_env
 
     def commit_file(self, path: str, message: str) -> str:
-        """Commit exactly `path` with `message`; returns the new full sha."""
+        """Commit exactly `path` (its working-tree content) with `message`; returns the new sha."""
         try:
-            self._g.add("--", path)
             self._g.commit("--no-verify", "--cleanup=verbatim", "--only", "-m", message, "--", path, env=self._env())
         except git.GitCommandError as e:
             raise GitError(f"git commit failed: {(e.stderr or e.stdout or '').strip()[-500:]}") from None

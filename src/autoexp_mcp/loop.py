@@ -137,6 +137,7 @@ class Experiment:
         self.dir.mkdir(exist_ok=True)
         self._lock = threading.RLock()
         self._job: _Job | None = None
+        self._text_cache: dict[str, str] = {}
         self._lockfile: int | None = self._acquire_lock()
         try:
             self.git.ensure_excluded()
@@ -361,7 +362,7 @@ class Experiment:
     def _target_path(self) -> Path:
         return guard.resolve_target(self.root, self.cfg.experiment.target)
 
-    def _integrity(self, expected_head: str, *, restore: bool = True) -> list[str]:
+    def _integrity(self, expected_head: str, *, restore: bool = True, seen: list[str] | None = None) -> list[str]:
         """Tracked files other than the target that differ from `expected_head`, and changed
         protected data (`protect` globs, which also catch new untracked files that match them).
         Tracked files are restored from the commit."""
@@ -373,6 +374,8 @@ class Experiment:
             if restore:
                 self.git.unstage_all(expected_head)
         changed = self.git.changed()
+        if seen is not None:
+            seen[:] = [c for c in changed if c == target]
         tracked_bad = [c for c in changed if c != target]
         if tracked_bad and restore:
             self.git.restore(expected_head, tracked_bad)
@@ -380,8 +383,11 @@ class Experiment:
         bad += self.protected.violations()
         return bad
 
-    def _check_integrity(self, expected_head: str, when: str) -> None:
-        bad = self._integrity(expected_head)
+    def _check_integrity(self, expected_head: str, when: str) -> list[str]:
+        """Refuse (after restoring tracked files) if anything but the target changed; returns
+        the changed tracked paths that are allowed (the target, when it changed)."""
+        allowed: list[str] = []
+        bad = self._integrity(expected_head, seen=allowed)
         if bad:
             shown = ", ".join(bad[:20])
             raise IntegrityError(
@@ -390,6 +396,16 @@ class Experiment:
                 "restore protected data yourself. Only the target may change, and only via write_target.",
                 bad,
             )
+        return allowed
+
+    def _text_at(self, sha: str) -> str:
+        """The target's text in commit `sha` (cached: commits never change)."""
+        key = f"{sha}:{self.cfg.experiment.target}"
+        cached = self._text_cache.get(key)
+        if cached is None:
+            cached = self.git.show_file(sha, self.cfg.experiment.target).decode("utf-8", "replace")
+            self._text_cache = {key: cached}
+        return cached
 
     def _short(self, sha: str | None) -> str:
         return (sha or "")[:7]
@@ -433,7 +449,7 @@ class Experiment:
                 st.phase = Phase.EDITED
                 st.pending = Pending(experiment=st.experiments + 1, parent=st.incumbent.commit)
                 self._save()
-            base = self.git.show_file(self._expected_head(), self.cfg.experiment.target).decode("utf-8", "replace")
+            base = self._text_at(self._expected_head())
             return WriteResult(
                 path=self.cfg.experiment.target,
                 sha256=guard.sha256(data),
@@ -451,10 +467,9 @@ class Experiment:
             st = self.state
             p = st.pending
             assert p is not None and st.incumbent is not None
-            self._target_path()
-            self._check_integrity(st.incumbent.commit, "before commit")
+            path = self._target_path()
+            changed = self._check_integrity(st.incumbent.commit, "before commit")
             target = self.cfg.experiment.target
-            changed = self.git.changed()
             if target not in changed:
                 raise GuardError(
                     "the target is identical to the incumbent: there is nothing to commit. "
@@ -463,7 +478,7 @@ class Experiment:
             sha = self.git.commit_file(target, f"autoexp #{p.experiment}: {desc}")
             p.commit = sha
             p.description = desc
-            p.diff_lines = self.git.diff_lines(p.parent, sha, target)
+            p.diff_lines = _diff_lines(self._text_at(p.parent), path.read_text(encoding="utf-8", errors="replace"))
             st.phase = Phase.COMMITTED
             self._save()
             return CommitResult(
