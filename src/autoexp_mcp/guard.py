@@ -20,6 +20,9 @@ from pathlib import Path
 from .errors import GuardError, IntegrityError
 
 MAX_EDITS = 100
+# The server's own files change on every call; a broad glob ("**") must not count them as data.
+_NEVER_PROTECTED_DIRS = (".git/", ".autoexp/")
+_NEVER_PROTECTED_FILES = ("results.tsv", "experiments.jsonl")
 
 
 def resolve_target(root: Path, rel: str) -> Path:
@@ -133,8 +136,14 @@ class Protected:
         found: set[str] = set()
         for g in self.globs:
             for p in self.root.glob(g):
-                if p.is_file() and not p.is_symlink():
-                    found.add(p.relative_to(self.root).as_posix())
+                # Before Python 3.13 a glob ending in `**` ("data/**") yields only directories:
+                # a matched directory protects every file below it.
+                below = p.rglob("*") if p.is_dir() and not p.is_symlink() else (p,)
+                for f in below:
+                    if f.is_file() and not f.is_symlink():
+                        rel = f.relative_to(self.root).as_posix()
+                        if not rel.startswith(_NEVER_PROTECTED_DIRS) and rel not in _NEVER_PROTECTED_FILES:
+                            found.add(rel)
         return sorted(found)
 
     def _hash(self, rel: str) -> _Entry:
