@@ -121,6 +121,17 @@ class _Entry:
     mtime_ns: int
     ino: int
     sha: str
+    # mtime can be set back with os.utime after an in-place edit; ctime cannot (without
+    # changing the clock), so it is part of the stat key. 0 in snapshots from before it was.
+    ctime_ns: int = 0
+
+    def same_stat(self, st: os.stat_result) -> bool:
+        return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) == (
+            self.size,
+            self.mtime_ns,
+            self.ino,
+            self.ctime_ns,
+        )
 
 
 class Protected:
@@ -153,7 +164,7 @@ class Protected:
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1024 * 1024), b""):
                 h.update(chunk)
-        return _Entry(st.st_size, st.st_mtime_ns, st.st_ino, h.hexdigest())
+        return _Entry(st.st_size, st.st_mtime_ns, st.st_ino, h.hexdigest(), st.st_ctime_ns)
 
     def load_or_snapshot(self) -> None:
         """Reuse the hashes recorded at the first start (so changes made while the server was
@@ -191,7 +202,7 @@ class Protected:
             except OSError:
                 bad.append(f"{rel} (unreadable)")
                 continue
-            if (st.st_size, st.st_mtime_ns, st.st_ino) == (e.size, e.mtime_ns, e.ino):
+            if e.same_stat(st):
                 continue
             fresh = self._hash(rel)
             if fresh.sha != e.sha:
