@@ -44,21 +44,8 @@ def moves_of(example: str) -> list[dict[str, Any]]:
     return json.loads((EXAMPLES_DIR / example / "moves.json").read_text(encoding="utf-8"))["moves"]
 
 
-def _is_json_document(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict | list)
-    except ValueError:
-        return False
-
-
-# The SDK json-decodes a string argument whose annotation is not exactly `str` before
-# validating it, so `write_target(content: str | None)` receives a dict for a JSON file.
-JSON_CONTENT_BUG = pytest.mark.xfail(
-    reason="server.write_target: the SDK pre-parses JSON-looking `content` (annotation str | None) into a dict",
-    strict=True,
-)
 CLIMB_PARAMS = [
-    pytest.param(name, marks=JSON_CONTENT_BUG) if _is_json_document(moves_of(name)[0]["content"]) else name
+    name
     for name in EXAMPLES
     if name != "regex"  # test_regex_example_plays_every_move_as_expected plays all of its moves
 ]

@@ -11,12 +11,12 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import GIT_ENV, MakeRepo, git
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.server import build_server
+from conftest import GIT_ENV, MakeRepo, git
 
 pytestmark = pytest.mark.anyio
 
@@ -262,3 +262,16 @@ async def test_server_exit_kills_the_eval_process_group(make_repo: MakeRepo) -> 
     with anyio.fail_after(10):
         while _eval_pids(marker):
             await anyio.sleep(0.05)
+
+
+@pytest.mark.parametrize("content", ['{"lr": 0.1, "depth": 3}\n', "[1, 2]", "null", "42", '"quoted"'])
+async def test_json_looking_content_is_written_verbatim(experiment: Experiment, content: str) -> None:
+    async with Client(build_server(experiment)) as c:
+        await call(c, "run_eval")
+        await call(c, "decide")
+        await call(c, "log_result", description="null")
+        await call(c, "write_target", content=content)
+        assert (experiment.root / "value.txt").read_text() == content
+        assert "not empty" in await call_error(c, "write_target")
+    row = json.loads((experiment.root / "experiments.jsonl").read_text().splitlines()[0])
+    assert row["description"] == "null"

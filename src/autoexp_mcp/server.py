@@ -76,14 +76,18 @@ def build_server(exp: Experiment, *, close_on_exit: bool = True) -> MCPServer[Ex
         annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False),
     )
     async def write_target(
-        content: Annotated[str | None, Field(description="the whole new file")] = None,
+        content: Annotated[str, Field(description="the whole new file (leave empty when giving edits)")] = "",
         edits: Annotated[list[Edit] | None, Field(description="exact {old, new} replacements, in order")] = None,
     ) -> WriteResult:
         """Change the target file: pass either `content` (the whole new file) or `edits`, a list of
         exact {old, new} replacements where each `old` occurs exactly once. Only after the
         baseline; may be called repeatedly before `commit`. Next: commit."""
+        # `content` is typed plain `str` on purpose: the SDK would otherwise parse a target that
+        # happens to be JSON (hparams.json) into a dict before it reaches us.
         pairs = None if edits is None else [(e.old, e.new) for e in edits]
-        return await _call(exp.write_target, content, pairs)
+        if pairs is None and content == "":
+            raise ToolError("give `content` (the whole new file, not empty) or `edits` ({old, new} pairs).")
+        return await _call(exp.write_target, content if pairs is None or content else None, pairs)
 
     @mcp.tool(title="Commit the experiment", annotations=ToolAnnotations(destructive_hint=False))
     async def commit(
@@ -131,14 +135,14 @@ def build_server(exp: Experiment, *, close_on_exit: bool = True) -> MCPServer[Ex
     @mcp.tool(title="Log the result", annotations=ToolAnnotations(destructive_hint=False))
     async def log_result(
         notes: Annotated[str, Field(description="what you learned from this experiment")] = "",
-        description: Annotated[str | None, Field(description="replaces the commit description in the log")] = None,
+        description: Annotated[str, Field(description="replaces the commit description in the log")] = "",
         tokens_used: Annotated[int, Field(ge=0, description="tokens this experiment cost you")] = 0,
         cost_usd: Annotated[float | None, Field(ge=0, description="what this experiment cost, in USD")] = None,
     ) -> LogResult:
         """Append the decided experiment to results.tsv and experiments.jsonl and update the
         budget. Returns the row and the budget status. Next: write_target (or stop when the
         budget says so)."""
-        return await _call(exp.log_result, description, notes, tokens_used, cost_usd)
+        return await _call(exp.log_result, description or None, notes, tokens_used, cost_usd)
 
     @mcp.tool(title="Budget status", annotations=ToolAnnotations(read_only_hint=True))
     async def budget_status() -> BudgetStatus:
