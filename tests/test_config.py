@@ -320,3 +320,23 @@ def test_load_config_errors_name_the_file_path(tmp_path: Path) -> None:
 
 def test_config_error_has_its_exit_code() -> None:
     assert ConfigError.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("metric_extra", "mode", "message"),
+    [
+        ({"max_regression": 1.0}, "single", "max_regression, which only applies"),
+        ({"weight": -1.0}, "weighted", "negative weight"),
+        ({"transform": "reciprocal"}, "single", "transform = 'reciprocal' but no weight"),
+    ],
+)
+def test_settings_that_would_have_no_effect_are_refused(metric_extra: dict, mode: str, message: str) -> None:
+    data = {
+        "experiment": {"tag": "t", "target": "a.txt", "eval": "python e.py"},
+        "metric": [{"name": "a", "direction": "max", **metric_extra}, {"name": "b", "direction": "min", "weight": 1.0}]
+        if mode == "weighted"
+        else [{"name": "a", "direction": "max", **metric_extra}],
+        "policy": {"mode": mode},
+    }
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data)

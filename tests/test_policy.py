@@ -726,10 +726,10 @@ def any_config(draw):
     metrics = []
     for j in range(n):
         m: dict[str, Any] = {"name": f"m{j}", "direction": draw(direction), "tolerance": draw(tolerance)}
-        if draw(st.booleans()):
+        if mode == "primary_secondary" and draw(st.booleans()):
             m["max_regression"] = draw(st.sampled_from([0.0, 0.1, 1.0]))
         if mode == "weighted":
-            m["weight"] = draw(st.sampled_from([0.0, 1.0, -0.5, 0.3]))
+            m["weight"] = draw(st.sampled_from([0.0, 1.0, 0.5, 0.3]))
             m["transform"] = draw(st.sampled_from(["identity", "reciprocal", "log"]))
         if j > 0 and ((mode in ("threshold", "constraints") and j == n - 1) or draw(st.booleans())):
             m[draw(st.sampled_from(["at_least", "at_most"]))] = draw(moderate)

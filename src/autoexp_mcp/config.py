@@ -298,8 +298,18 @@ def _check_metrics(metrics: tuple[MetricConfig, ...], policy: PolicyConfig, wher
         if not objectives:
             raise ValueError(f"policy.mode = {mode!r} needs one metric without bounds to optimise ({where})")
     for m in metrics:
-        if m.transform == "log" and m.weight is None:
-            raise ValueError(f"{where}: metric {m.name!r} has transform = 'log' but no weight")
+        if m.transform != "identity" and m.weight is None:
+            raise ValueError(f"{where}: metric {m.name!r} has transform = {m.transform!r} but no weight")
+        if m.weight is not None and m.weight < 0:
+            raise ValueError(
+                f"{where}: metric {m.name!r} has a negative weight; weights must be >= 0 "
+                "(`direction` already says which way is better)"
+            )
+        if m.max_regression is not None and mode != "primary_secondary":
+            raise ValueError(
+                f"{where}: metric {m.name!r} sets max_regression, which only applies with "
+                f"policy.mode = 'primary_secondary' (mode is {mode!r})"
+            )
 
 
 # --- loading and writing ------------------------------------------------------------------
