@@ -138,14 +138,37 @@ class Ledger:
         rec = Record.model_validate(payload)
         self._repair_torn_tail()
         _append(self.jsonl, json.dumps(payload, ensure_ascii=False, allow_nan=False) + "\n")
+        self._append_tsv_row(self.tsv_row(rec))
+        return rec
+
+    def _append_tsv_row(self, row: str) -> None:
         if not self.tsv.exists() or self.tsv.stat().st_size == 0:
             _append(self.tsv, self.header)
         elif not _ends_with_newline(self.tsv):
             # A row torn by a crash (or a file saved without a final newline): end that line
             # rather than glue this row onto it. Nothing is deleted from the human view.
             _append(self.tsv, "\n")
-        _append(self.tsv, self.tsv_row(rec))
-        return rec
+        _append(self.tsv, row)
+
+    def ensure_tsv_row(self, rec: Record) -> bool:
+        """Recovery after a crash between the JSONL and the TSV write of `rec` (the last
+        record): write its TSV row unless the TSV already ends with it. A partial row of `rec`
+        torn by the crash is replaced. Returns True when the row had to be written."""
+        row = self.tsv_row(rec)
+        if self.tsv.exists() and self.tsv.stat().st_size > 0:
+            with self.tsv.open("rb+") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - _TAIL_BYTES))
+                tail = f.read()
+                lines = tail.split(b"\n")
+                if tail.endswith(b"\n") and len(lines) >= 2 and lines[-2] + b"\n" == row.encode("utf-8"):
+                    return False
+                partial = lines[-1]
+                if partial and row.encode("utf-8").startswith(partial):
+                    f.truncate(size - len(partial))
+        self._append_tsv_row(row)
+        return True
 
     def tsv_row(self, rec: Record) -> str:
         cols = [rec.commit, *(_fmt_metric(rec.metrics.get(n)) for n in self.metric_names), rec.status]
