@@ -334,11 +334,6 @@ def test_commit_refuses_after_the_agent_committed_with_git_itself(exp_after_base
     assert git(repo, "rev-parse", "HEAD~1") == incumbent and head(repo).startswith(c.commit)
 
 
-@pytest.mark.xfail(
-    reason="loop._measure checks only non-target files after the run: an eval that rewrites the target "
-    "leaves that content in the working tree of a kept commit, and the next edit builds on it",
-    strict=True,
-)
 def test_run_eval_refuses_an_eval_that_rewrites_the_target(make_repo: MakeRepo) -> None:
     repo = make_repo(value="-1")
     exp = Experiment(repo)
@@ -590,11 +585,6 @@ async def test_mcp_commit_with_a_leading_dash_and_newlines_is_one_line(exp_after
     assert len(git(repo, "log", "-1", "--format=%s")) <= 520
 
 
-@pytest.mark.xfail(
-    reason="loop.log_result accepts cost_usd=inf (it checks only for NaN); ledger.append then raises a plain "
-    "ValueError (allow_nan=False) that reaches the agent as an opaque internal error",
-    strict=True,
-)
 def test_log_result_refuses_an_infinite_cost_with_a_clear_error(exp_after_baseline: Experiment) -> None:
     exp = exp_after_baseline
     exp.write_target(content="2\n")

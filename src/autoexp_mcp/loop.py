@@ -404,7 +404,9 @@ class Experiment:
         cached = self._text_cache.get(key)
         if cached is None:
             cached = self.git.show_file(sha, self.cfg.experiment.target).decode("utf-8", "replace")
-            self._text_cache = {key: cached}
+            if len(self._text_cache) >= 4:
+                self._text_cache.pop(next(iter(self._text_cache)))
+            self._text_cache[key] = cached
         return cached
 
     def _short(self, sha: str | None) -> str:
@@ -672,8 +674,8 @@ class Experiment:
     ) -> LogResult:
         with self._lock:
             self._require("log_result")
-            if tokens_used < 0 or (cost_usd is not None and (cost_usd < 0 or cost_usd != cost_usd)):
-                raise GuardError("tokens_used and cost_usd must be non-negative numbers.")
+            if tokens_used < 0 or (cost_usd is not None and (cost_usd < 0 or not math.isfinite(cost_usd))):
+                raise GuardError("tokens_used and cost_usd must be finite, non-negative numbers.")
             st = self.state
             p = st.pending
             assert p is not None and p.decision is not None and p.result is not None and p.commit is not None
@@ -878,8 +880,10 @@ class Experiment:
         repeats: int,
         metric_cfgs: Sequence[MetricConfig],
         timeout: float,
+        target_from: str | None = None,
     ) -> EvalResult:
-        """Run `argv` `repeats` times with integrity checks around each run; extract metrics."""
+        """Run `argv` `repeats` times with integrity checks around each run; extract metrics.
+        The target must still hold its version in `target_from` (default `commit`) afterwards."""
         values: dict[str, list[float]] = {m.name: [] for m in metric_cfgs}
         elapsed = 0.0
         log_rel = ""
@@ -908,6 +912,8 @@ class Experiment:
 
             with self._lock:
                 bad = self._integrity(commit)
+                if self._target_rewritten(target_from or commit):
+                    bad.append(f"{self.cfg.experiment.target} (the eval rewrote the target; restored)")
             if bad:
                 return failed("crash", "harness changed during the run: " + ", ".join(bad[:10]))
             if out.status == "timeout":
@@ -933,13 +939,18 @@ class Experiment:
             reason=f"measured in {elapsed:.1f}s" + (f" over {repeats} runs" if repeats > 1 else ""),
         )
 
+    def _target_rewritten(self, sha: str) -> bool:
+        """Whether the target on disk differs from its version in `sha`; if so, put it back."""
+        want = self._text_at(sha).encode("utf-8")
+        path = self._target_path()
+        if path.read_bytes() == want:
+            return False
+        guard.atomic_write_file(path, want)
+        return True
+
     def _put_target(self, commit: str) -> None:
         """Make the target on disk the version in `commit` (atomic write, only if it differs)."""
-        target = self.cfg.experiment.target
-        want = self.git.show_file(commit, target)
-        path = self._target_path()
-        if path.read_bytes() != want:
-            guard.atomic_write_file(path, want)
+        self._target_rewritten(commit)
 
     def _execute(self, job: _Job) -> EvalResult:
         cfg = self.cfg
@@ -960,7 +971,7 @@ class Experiment:
         if not baseline and inc is not None and every and index > 0 and index % every == 0:
             self._put_target(inc.commit)
             try:
-                again = self._measure(job, label=f"{job.run}.drift", **common)  # type: ignore[arg-type]
+                again = self._measure(job, label=f"{job.run}.drift", target_from=inc.commit, **common)  # type: ignore[arg-type]
             finally:
                 self._put_target(commit)
             if again.status == "done":
