@@ -413,6 +413,9 @@ def test_starting_from_a_previous_best_commit(make_repo: MakeRepo) -> None:
     exp = Experiment(repo, from_commit=best)
     try:
         assert exp.read_target().content == "5\n"
-        assert git(repo, "rev-parse", "HEAD") == best
+        # The old best carries the old config; the new tag's config is committed on top of it.
+        assert git(repo, "rev-parse", "HEAD~1") == best
+        assert 'tag = "next"' in (repo / "autoexp.toml").read_text()
+        assert git(repo, "status", "--porcelain") == ""
     finally:
         exp.close()

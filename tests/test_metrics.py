@@ -60,13 +60,16 @@ def test_default_line_accepts_equals_case_and_number_forms(line: str, value: flo
     "output",
     [
         "final score: 0.5\n",  # the name must start the line
-        "score: 0.5 points\n",  # nothing after the number
         "scores: 0.5\n",
         "",
     ],
 )
 def test_default_line_needs_the_whole_line(output: str) -> None:
     assert error_of(metric(), output) == "no line 'score: <number>' in the output"
+
+
+def test_a_metric_line_with_text_after_the_number_is_not_a_number() -> None:
+    assert error_of(metric(), "score: 0.5 points\n") == "matched '0.5 points', which is not a number"
 
 
 def test_metric_name_with_regex_characters_is_matched_literally() -> None:

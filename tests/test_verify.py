@@ -257,11 +257,6 @@ def test_ensure_tsv_row_replaces_a_torn_partial_row(repo: Path) -> None:
     assert verify(repo) == []
 
 
-@pytest.mark.xfail(
-    reason="loop._log_if_written finishes the state transition after a crash between the ledger append "
-    "and the state write, but never writes a TSV row the crash cut off (results.tsv is then one row short)",
-    strict=True,
-)
 def test_verify_passes_after_a_crash_between_the_jsonl_and_the_tsv_write(template: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(template, repo, symlinks=True)

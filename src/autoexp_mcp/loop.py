@@ -25,7 +25,7 @@ from typing import Any
 
 from . import budget as budgetmod
 from . import guard, ledger, metrics, policy
-from .config import DEFAULT_ENV_ALLOWLIST, Config, MetricConfig, load_config
+from .config import CONFIG_FILE, DEFAULT_ENV_ALLOWLIST, Config, MetricConfig, load_config
 from .errors import (
     AutoexpError,
     BudgetExhausted,
@@ -207,6 +207,8 @@ class Experiment:
         exp = self.full_cfg.experiment
         state = load_state(self.root)
         branch = exp.branch
+        if from_commit is not None and (state is not None or self.git.branch_exists(branch)):
+            raise GuardError(f"branch {branch} already exists; --from only applies to a new tag.")
         if state is not None and self.git.current_branch() != branch:
             self._refuse_dirty()
             self.git.checkout_branch(branch)
@@ -222,7 +224,15 @@ class Experiment:
         else:
             self._refuse_dirty()
             start = self.git.resolve(from_commit) if from_commit else self.git.head()
+            config_path = self.root / CONFIG_FILE
+            config_text = config_path.read_bytes() if config_path.exists() else None
             self.git.checkout_branch(branch, start)
+            if from_commit and config_text is not None and config_path.read_bytes() != config_text:
+                # The old best carries the old tag's config: the new branch starts with this one,
+                # or a restarted server would read the old tag back.
+                guard.atomic_write_file(config_path, config_text)
+                if self.git.is_tracked(CONFIG_FILE):
+                    start = self.git.commit_file(CONFIG_FILE, f"autoexp: start tag {exp.tag} from {start[:12]}")
         state = State(tag=exp.tag, branch=branch, start_commit=start, started_at=time.time(), harness=None)
         self.state = state
         self._check_target_tracked(start)
@@ -287,8 +297,10 @@ class Experiment:
         """After a crash between the ledger append and the state write, finish the transition."""
         st = self.state
         p = st.pending
-        last = self.ledger.last_record()
+        book = self.ledger
+        last = book.last_record()
         if p is not None and last is not None and last.experiment == p.experiment and last.tag == st.tag:
+            book.ensure_tsv_row(last)  # the TSV write may have been cut off too
             self._advance_after_log(p, float(last.cost_usd), int(last.tokens_used))
 
     def _expected_head(self) -> str:

@@ -91,8 +91,17 @@ def _from_lines(m: MetricConfig, lines: Sequence[str]) -> tuple[float | None, st
     if last is None:
         if m.pattern:
             return None, f"no line matched the pattern {m.pattern!r}"
+        loose = None
+        for loose in _loose_pattern(m.name).finditer(text):  # noqa: B007 - the final one
+            pass
+        if loose is not None:  # a metric line whose value is not a number: say so
+            return _to_float(loose.group(1))
         return None, f"no line '{m.name}: <number>' in the output"
     return _to_float(last.group(1))
+
+
+def _loose_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^\s*{re.escape(name)}\s*[:=]\s*(.*?)\s*$", re.MULTILINE | re.IGNORECASE)
 
 
 def extract(metrics: Iterable[MetricConfig], output: str, cwd: Path | None = None) -> Extraction:
