@@ -331,10 +331,6 @@ def test_serve_from_refuses_a_tag_that_already_ran(played_copy: Path, home: Path
     assert git(repo, "rev-parse", "HEAD") == head
 
 
-@pytest.mark.xfail(
-    reason="cli.main does not handle BrokenPipeError: `autoexp-mcp status | head -3` ends in a traceback",
-    strict=True,
-)
 def test_status_into_a_closed_pipe_prints_no_traceback(played: Path, home: Path) -> None:
     env = {**os.environ, "HOME": str(home), "PATH": os.pathsep.join([str(EXE.parent), os.environ.get("PATH", "")])}
     proc = subprocess.Popen(

@@ -336,7 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="autoexp-mcp: %(levelname)s %(message)s",
     )
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        # `autoexp-mcp status | head`: the reader left; quietly stop writing (like a shell tool).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except AutoexpError as e:
         print(f"autoexp-mcp: error: {e}", file=sys.stderr)
         return e.exit_code
