@@ -354,6 +354,38 @@ def test_run_eval_refuses_an_eval_that_rewrites_the_target(make_repo: MakeRepo) 
         exp.close()
 
 
+FILE_HARNESS = textwrap.dedent(
+    """\
+    import os
+    value = open("value.txt").read().strip()
+    if value != "skip":  # "skip": exits 0 without writing its metric file
+        os.makedirs("out", exist_ok=True)
+        open("out/metrics.txt", "w").write(f"score: {value}\\n")
+    """
+)
+
+
+@pytest.mark.xfail(
+    reason="loop._measure reads a `file` metric without checking that this run wrote it: a file left by "
+    "an earlier run, or planted by the agent before run_eval, is taken as this run's result",
+    strict=True,
+)
+def test_run_eval_refuses_a_metric_file_not_written_by_this_run(make_repo: MakeRepo) -> None:
+    config = harness_config().replace('direction = "max"', 'direction = "max"\nfile = "out/metrics.txt"')
+    repo = make_repo(config=config, files={"evaluate.py": FILE_HARNESS})
+    exp = Experiment(repo)
+    try:
+        baseline(exp)
+        assert exp.budget_status().best.metrics == {"score": 1.0}  # type: ignore[union-attr]
+        exp.write_target(content="skip\n")
+        exp.commit("writes no metric")
+        (repo / "out" / "metrics.txt").write_text("score: 100\n")  # planted with the agent's own shell
+        view = exp.run_eval(30)
+        assert view.status == "crash" and "out/metrics.txt" in view.reason, view
+    finally:
+        exp.close()
+
+
 # --- protected untracked data ----------------------------------------------------------------
 
 
