@@ -137,10 +137,12 @@ class _Entry:
 class Protected:
     """Hashes of the untracked files matching the `protect` globs, with a stat cache."""
 
-    def __init__(self, root: Path, globs: Sequence[str], store: Path) -> None:
+    def __init__(self, root: Path, globs: Sequence[str], store: Path, exclude: Sequence[str] = ()) -> None:
         self.root = root
         self.globs = list(globs)
         self.store = store
+        # Paths a glob may match but that are not data: the target(s), which change by design.
+        self.exclude = frozenset(exclude)
         self._entries: dict[str, _Entry] = {}
 
     def _files(self) -> list[str]:
@@ -153,7 +155,8 @@ class Protected:
                 for f in below:
                     if f.is_file() and not f.is_symlink():
                         rel = f.relative_to(self.root).as_posix()
-                        if not rel.startswith(_NEVER_PROTECTED_DIRS) and rel not in _NEVER_PROTECTED_FILES:
+                        never = rel.startswith(_NEVER_PROTECTED_DIRS) or rel in _NEVER_PROTECTED_FILES
+                        if not never and rel not in self.exclude:
                             found.add(rel)
         return sorted(found)
 
@@ -174,7 +177,7 @@ class Protected:
         if self.store.exists():
             raw = json.loads(self.store.read_text(encoding="utf-8"))
             if raw.get("globs") == self.globs:
-                self._entries = {k: _Entry(**v) for k, v in raw["files"].items()}
+                self._entries = {k: _Entry(**v) for k, v in raw["files"].items() if k not in self.exclude}
                 return
         self._entries = {rel: self._hash(rel) for rel in self._files()}
         self._save()
