@@ -4,12 +4,16 @@ order or at once, runaway output, the eval's environment and resource limits."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import textwrap
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -997,6 +1001,65 @@ def test_memory_mb_turns_a_memory_hog_into_a_crash(make_repo: MakeRepo) -> None:
         assert "MemoryError" in (repo / records(repo)[-1]["log"]).read_text()
     finally:
         exp.close()
+
+
+ESCAPE_HARNESS = textwrap.dedent(
+    """\
+    import subprocess, sys
+    marker, how = sys.argv[1], open("value.txt").read().strip()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)", marker]
+    if how == "keeps-stdout":  # a clean environment and its own session, but the eval's output inherited
+        subprocess.Popen(sleeper, env={}, start_new_session=True)
+    elif how == "detached":  # a clean environment, its own session, no fd of the eval
+        subprocess.Popen(sleeper, env={}, start_new_session=True, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, close_fds=True)
+    print("score: 1")
+    """
+)
+
+
+def cmdline_pids(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def run_escape(make_repo: MakeRepo, how: str) -> list[int]:
+    marker = f"autoexp-escape-{uuid.uuid4().hex[:8]}"
+    config = harness_config().replace("evaluate.py", f"evaluate.py {marker}", 1)
+    exp = Experiment(make_repo(value=how, config=config, files={"evaluate.py": ESCAPE_HARNESS}))
+    try:
+        assert exp.run_eval(30).status == "done"
+    finally:
+        exp.close()
+    # SIGKILL is asynchronous: give a killed process a moment to leave /proc, bounded.
+    deadline = time.monotonic() + 5
+    while cmdline_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = cmdline_pids(marker)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def test_an_eval_descendant_without_marker_but_holding_the_output_does_not_outlive_the_run(
+    make_repo: MakeRepo,
+) -> None:
+    assert run_escape(make_repo, "keeps-stdout") == []
+
+
+@pytest.mark.xfail(
+    reason="a descendant with a clean environment, its own session and no fd of the eval has nothing left "
+    "to find it by (no group, no marker, no pipe); needs PR_SET_CHILD_SUBREAPER or a cgroup",
+    strict=True,
+)
+def test_a_fully_detached_eval_descendant_does_not_outlive_the_run(make_repo: MakeRepo) -> None:
+    assert run_escape(make_repo, "detached") == []
 
 
 # --- one writer -------------------------------------------------------------------------------

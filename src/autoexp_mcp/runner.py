@@ -3,7 +3,8 @@
 Output goes through a pipe into `CappedLog`, which writes the head to disk and keeps only a
 bounded tail in memory, so an eval that prints gigabytes costs neither disk nor memory.
 Every eval carries `AUTOEXP_RUN_ID` in its environment, so processes that left the group
-(setsid, daemonised grandchildren) are still found and killed.
+(setsid, daemonised grandchildren) are still found and killed; so are those that also dropped
+their environment but still hold the eval's output pipe.
 """
 
 from __future__ import annotations
@@ -150,6 +151,36 @@ def kill_marked(run_id: str) -> int:
     return killed
 
 
+def kill_pipe_holders(pipe_ino: int) -> int:
+    """SIGKILL every other process holding an end of this pipe: eval descendants that dropped
+    their environment (so carry no marker) and left the group, but still hold the eval's
+    output. Linux only."""
+    needle = f"pipe:[{pipe_ino}]"
+    killed = 0
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 0
+    me = os.getpid()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fds = os.listdir(entry / "fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(entry / "fd" / fd) != needle:
+                    continue
+            except OSError:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+            break
+    return killed
+
+
 class EvalProcess:
     """One run of the eval command. Thread-safe; `wait` may be called from any thread."""
 
@@ -180,6 +211,11 @@ class EvalProcess:
                 f"cannot start the eval command {spec.argv[0]!r}: {reason}. Check [experiment].eval "
                 "in autoexp.toml and that the program is on PATH."
             ) from None
+        assert self.proc.stdout is not None
+        self._pipe_ino = os.fstat(self.proc.stdout.fileno()).st_ino
+        # Held while looking for the pipe's holders, and to close it: a closed pipe's inode
+        # number may be reused by a stranger's pipe.
+        self._pipe_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name=f"eval-{spec.run_id}-out", daemon=True)
         self._reader.start()
         self._waiter = threading.Thread(target=self._wait, name=f"eval-{spec.run_id}", daemon=True)
@@ -227,15 +263,13 @@ class EvalProcess:
         elapsed = time.monotonic() - self._started
         # Grandchildren left in the group (or escaped from it with setsid, daemonised or
         # not) must not outlive the run; killing them also closes any copy of the pipe.
-        self._killpg(signal.SIGKILL)
-        kill_marked(self.spec.run_id)
+        self._kill_leftovers()
         self._reader.join(READER_JOIN_S)
         if self._reader.is_alive():
-            kill_marked(self.spec.run_id)
+            self._kill_leftovers()
             self._reader.join(READER_JOIN_S)
-        if self.proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdout.close()
+        with self._pipe_lock, contextlib.suppress(OSError):
+            self.proc.stdout.close()  # type: ignore[union-attr]
         self.log.close()
         self._outcome = RunOutcome(
             status=status,
@@ -255,12 +289,19 @@ class EvalProcess:
     def outcome(self) -> RunOutcome | None:
         return self._outcome
 
-    def kill(self) -> None:
-        """Stop the run now (server shutdown): the whole group, then anything carrying the marker."""
-        if self._done.is_set():
-            return
+    def _kill_leftovers(self) -> None:
         self._killpg(signal.SIGKILL)
         kill_marked(self.spec.run_id)
+        with self._pipe_lock:
+            if self.proc.stdout is not None and not self.proc.stdout.closed:
+                kill_pipe_holders(self._pipe_ino)
+
+    def kill(self) -> None:
+        """Stop the run now (server shutdown): the whole group, then anything carrying the marker
+        or holding the output pipe."""
+        if self._done.is_set():
+            return
+        self._kill_leftovers()
 
     def tail(self, max_bytes: int = 2000) -> str:
         data = self.log.tail_bytes(max_bytes)
