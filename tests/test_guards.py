@@ -1037,7 +1037,7 @@ def run_escape(make_repo: MakeRepo, how: str) -> list[int]:
     finally:
         exp.close()
     # SIGKILL is asynchronous: give a killed process a moment to leave /proc, bounded.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 2
     while cmdline_pids(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
     left = cmdline_pids(marker)
