@@ -369,11 +369,6 @@ FILE_HARNESS = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    reason="loop._measure reads a `file` metric without checking that this run wrote it: a file left by "
-    "an earlier run, or planted by the agent before run_eval, is taken as this run's result",
-    strict=True,
-)
 def test_run_eval_refuses_a_metric_file_not_written_by_this_run(make_repo: MakeRepo) -> None:
     config = harness_config().replace('direction = "max"', 'direction = "max"\nfile = "out/metrics.txt"')
     repo = make_repo(config=config, files={"evaluate.py": FILE_HARNESS})
@@ -518,11 +513,6 @@ def test_protected_excludes_the_paths_it_is_told_even_from_an_older_snapshot(tmp
     assert p.violations() == ["data.txt (content changed)"]
 
 
-@pytest.mark.xfail(
-    reason="loop builds guard.Protected without exclude=[target]: a protect glob that also matches the target "
-    "(protect = ['*.txt'] with target value.txt) makes every commit an integrity violation",
-    strict=True,
-)
 def test_commit_refuses_nothing_when_a_protect_glob_also_matches_the_target(make_repo: MakeRepo) -> None:
     repo = make_repo(config=with_experiment_keys('protect = ["*.txt"]'))
     (repo / "notes.txt").write_text("untracked data\n")
@@ -1083,11 +1073,6 @@ def test_a_stale_lock_from_a_dead_process_is_taken_over(make_repo: MakeRepo) -> 
         exp.close()
 
 
-@pytest.mark.xfail(
-    reason="Experiment() trusts .autoexp/state.json: a state whose experiment count was set back (with the "
-    "agent's own shell, while the server was down) resets the budget and numbers the next row 1 again",
-    strict=True,
-)
 def test_start_refuses_a_state_that_disagrees_with_the_ledger(make_repo: MakeRepo) -> None:
     repo = make_repo(max_experiments=3)
     exp = Experiment(repo)

@@ -143,7 +143,10 @@ class Experiment:
             self.git.ensure_excluded()
             self._switch_tag_files()
             self.state = self._open(from_commit)
-            self.protected = guard.Protected(self.root, self.cfg.experiment.protect, self.dir / "protect.json")
+            targets = {self.full_cfg.for_stage(i).experiment.target for i in range(max(1, len(self.full_cfg.stage)))}
+            self.protected = guard.Protected(
+                self.root, self.cfg.experiment.protect, self.dir / "protect.json", exclude=sorted(targets)
+            )
             self.protected.load_or_snapshot()
             self._recover()
         except BaseException:
@@ -213,6 +216,7 @@ class Experiment:
             self._refuse_dirty()
             self.git.checkout_branch(branch)
         if state is not None:
+            self._check_ledger_agrees(state)
             return state
         if self.git.branch_exists(branch):
             if from_commit is not None:
@@ -239,6 +243,20 @@ class Experiment:
         state.harness = self._harness_hash(start)
         self._save()
         return state
+
+    def _check_ledger_agrees(self, st: State) -> None:
+        """The ledger is the record: a state.json that disagrees with it (edited, or restored
+        from an old copy) would reset the budget or number rows twice, so refuse to start."""
+        last = self.ledger.last_record()
+        logged = last.experiment if last is not None and last.tag in (None, st.tag) else 0
+        p = st.pending
+        cut_short = st.phase == Phase.DECIDED and p is not None and logged == p.experiment == st.experiments + 1
+        if logged != st.experiments and not cut_short:
+            raise GuardError(
+                f".autoexp/state.json counts {st.experiments} experiments but experiments.jsonl has "
+                f"{logged} for tag {st.tag}: the state was edited or restored from an old copy. Restore "
+                "the matching files (or start a new tag); the server will not guess which one is right."
+            )
 
     def _refuse_dirty(self, allow: Sequence[str] = ()) -> None:
         changed = self.git.changed()
@@ -910,6 +928,7 @@ class Experiment:
                 return EvalResult(status="crash", reason="harness changed before the run: " + ", ".join(bad[:10]))
             name = f"{label}.log" if repeats == 1 else f"{label}-{k + 1}.log"
             log_rel = f"{STATE_DIR}/runs/{name}"
+            files_before = {m.file: _stat_sig(self.root / m.file) for m in metric_cfgs if m.file}
             try:
                 out = self._run_once(job, argv, name, k, commit, timeout)
             except EvalError as e:
@@ -932,6 +951,13 @@ class Experiment:
                 return failed("timeout", f"the eval ran past the timeout of {timeout:g}s and was killed")
             if out.status == "crash":
                 return failed("crash", f"the eval exited with code {out.returncode}")
+            stale = [f for f, sig in files_before.items() if _stat_sig(self.root / f) in (None, sig)]
+            if stale:
+                return failed(
+                    "crash",
+                    f"the eval did not write {', '.join(stale)} during this run (a file left from an earlier "
+                    "run, or put there by anyone else, is not a result)",
+                )
             ex = metrics.extract(metric_cfgs, metrics.log_text_for_metrics(self.root / log_rel), cwd=self.root)
             if not ex.ok:
                 return failed("crash", "no usable metric: " + ex.summary())
@@ -1034,6 +1060,15 @@ class Experiment:
             p.result = result
             self.state.phase = Phase.EVALUATED
             self._save()
+
+
+def _stat_sig(path: Path) -> tuple[int, int, int] | None:
+    """Identity of a file's current content: changes whenever it is written (ctime cannot be set)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_ctime_ns, st.st_size)
 
 
 def _diff_lines(a: str, b: str) -> int:
