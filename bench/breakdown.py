@@ -64,13 +64,20 @@ def instrument() -> None:
     os.fsync = _timed("os.fsync", os.fsync)
     state.save_state = _timed("state.save_state", state.save_state)
     loop.save_state = state.save_state  # loop imported the name
-    ledger.Ledger.append = _timed("ledger.append", ledger.Ledger.append)  # type: ignore[method-assign]
     guard.atomic_write_file = _timed("guard.atomic_write_file", guard.atomic_write_file)
-    guard.Protected.violations = _timed("guard.Protected.violations", guard.Protected.violations)  # type: ignore[method-assign]
-    runner.kill_marked = _timed("runner.kill_marked", runner.kill_marked)
-    loop.kill_marked = runner.kill_marked
-    runner.EvalProcess.wait = _timed("runner.EvalProcess.wait (eval run)", runner.EvalProcess.wait)  # type: ignore[method-assign]
     metrics.extract = _timed("metrics.extract", metrics.extract)
+    # The sweeps after each eval run, called through the runner module's globals.
+    for name in ("kill_marked", "kill_pipe_holders"):
+        if hasattr(runner, name):
+            setattr(runner, name, _timed(f"runner.{name}", getattr(runner, name)))
+    loop.kill_marked = runner.kill_marked
+    methods = [
+        (ledger.Ledger, "append", "ledger.append"),
+        (guard.Protected, "violations", "guard.Protected.violations"),
+        (runner.EvalProcess, "wait", "runner.EvalProcess.wait (eval run)"),
+    ]
+    for cls, name, label in methods:
+        setattr(cls, name, _timed(label, getattr(cls, name)))
     for name in ("write_target", "commit", "run_eval", "decide", "log_result", "_integrity", "_execute"):
         setattr(loop.Experiment, name, _timed(f"Experiment.{name}", getattr(loop.Experiment, name)))
 
