@@ -7,8 +7,10 @@ other work on a shared machine hits both sides alike.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,6 +68,7 @@ printf '%s\\t%s\\t%s\\t%s\\n' "$commit" "$score" "$status" "try $value" >> resul
 def pin_environment() -> Path:
     """Pin git identity and config for this process and every child (server, git, shell)."""
     home = Path(tempfile.mkdtemp(prefix="autoexp-bench-home-"))
+    atexit.register(shutil.rmtree, home, True)
     (home / ".gitconfig").write_text("")
     os.environ.update(GIT_ENV)
     os.environ["HOME"] = str(home)
