@@ -52,6 +52,9 @@ class Git:
 
     def head(self) -> str:
         """The full sha HEAD points at, read from the refs without spawning git."""
+        fast = self._head_from_files()
+        if fast is not None:
+            return fast
         try:
             return self.repo.head.commit.hexsha
         except ValueError:
@@ -59,6 +62,16 @@ class Git:
                 f"{self.root} has no commits yet. Commit your target and harness first "
                 "(git add -A && git commit -m 'initial')."
             ) from None
+
+    def _head_from_files(self) -> str | None:
+        """HEAD from .git/HEAD and a loose ref; None (packed ref, detached oddities) means ask GitPython."""
+        try:
+            ref = (Path(self.repo.git_dir) / "HEAD").read_text().strip()
+            if ref.startswith("ref: "):
+                ref = (Path(self.repo.common_dir) / ref[5:]).read_text().strip()
+        except OSError:
+            return None
+        return ref if _SHA_RE.fullmatch(ref) else None
 
     def current_branch(self) -> str | None:
         try:

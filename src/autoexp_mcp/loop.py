@@ -138,6 +138,8 @@ class Experiment:
         self._lock = threading.RLock()
         self._job: _Job | None = None
         self._text_cache: dict[str, str] = {}
+        self._tracked: list[str] | None = None
+        self._clean: tuple[str, dict[str, tuple[int, ...] | None]] | None = None
         self._lockfile: int | None = self._acquire_lock()
         try:
             self.git.ensure_excluded()
@@ -330,8 +332,8 @@ class Experiment:
             return st.incumbent.commit
         return st.start_commit
 
-    def _save(self) -> None:
-        save_state(self.root, self.state)
+    def _save(self, durable: bool = True) -> None:
+        save_state(self.root, self.state, durable)
 
     def close(self) -> None:
         """Stop a running eval (the whole process group) and release the lock."""
@@ -399,6 +401,12 @@ class Experiment:
         target = self.cfg.experiment.target
         bad: list[str] = []
         head = self.git.head()
+        fast = self._unchanged_since_clean(head, expected_head, target)
+        if fast is not None:
+            if seen is not None:
+                seen[:] = fast
+            return self.protected.violations()
+        pre = self._tracked_stats()
         if head != expected_head:
             bad.append(f"HEAD moved to {head[:12]} (expected {expected_head[:12]})")
             if restore:
@@ -410,8 +418,39 @@ class Experiment:
         if tracked_bad and restore:
             self.git.restore(expected_head, tracked_bad)
         bad += tracked_bad
+        if not bad and pre is not None:
+            self._clean = (target, pre)
         bad += self.protected.violations()
         return bad
+
+    def _tracked_stats(self) -> dict[str, tuple[int, ...] | None] | None:
+        if self._tracked is None:
+            self._tracked = [p for p in str(self.git._g.ls_files("-z")).split("\0") if p]
+        if len(self._tracked) > 2000:
+            return None
+        out: dict[str, tuple[int, ...] | None] = {}
+        for rel in self._tracked:
+            try:
+                st = os.lstat(self.root / rel)
+            except OSError:
+                out[rel] = None
+                continue
+            out[rel] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        return out
+
+    def _unchanged_since_clean(self, head: str, expected: str, target: str) -> list[str] | None:
+        """The changed tracked paths without running git, when no tracked file but the target
+        changed its stat since a clean check; None when git must look."""
+        if head != expected or self._clean is None or self._clean[0] != target:
+            return None
+        now = self._tracked_stats()
+        if now is None or any(now.get(p) != s for p, s in self._clean[1].items() if p != target):
+            return None
+        try:
+            same = (self.root / target).read_bytes() == self._text_at(expected).encode("utf-8")
+        except OSError:
+            return None
+        return [] if same else [target]
 
     def _check_integrity(self, expected_head: str, when: str) -> list[str]:
         """Refuse (after restoring tracked files) if anything but the target changed; returns
@@ -480,7 +519,7 @@ class Experiment:
                 assert st.incumbent is not None
                 st.phase = Phase.EDITED
                 st.pending = Pending(experiment=st.experiments + 1, parent=st.incumbent.commit)
-                self._save()
+                self._save(durable=False)
             base = self._text_at(self._expected_head())
             return WriteResult(
                 path=self.cfg.experiment.target,
@@ -507,12 +546,14 @@ class Experiment:
                     "the target is identical to the incumbent: there is nothing to commit. "
                     "Change it with write_target first."
                 )
+            text = path.read_text(encoding="utf-8", errors="replace")
             sha = self.git.commit_file(target, f"autoexp #{p.experiment}: {desc}")
+            self._text_cache[f"{sha}:{target}"] = text
             p.commit = sha
             p.description = desc
-            p.diff_lines = _diff_lines(self._text_at(p.parent), path.read_text(encoding="utf-8", errors="replace"))
+            p.diff_lines = _diff_lines(self._text_at(p.parent), text)
             st.phase = Phase.COMMITTED
-            self._save()
+            self._save(durable=False)
             return CommitResult(
                 commit=self._short(sha),
                 description=desc,
@@ -550,7 +591,7 @@ class Experiment:
             p.run_id = job.run_id
             p.run_started = time.time()
             st.phase = Phase.RUNNING
-            self._save()
+            self._save(durable=False)
             (self.dir / "runs").mkdir(exist_ok=True)
             self._job = job
             job.thread.start()
@@ -772,7 +813,7 @@ class Experiment:
         st.consecutive_crashes = st.consecutive_crashes + 1 if crashed else 0
         st.pending = None
         st.phase = Phase.IDLE
-        self._save()
+        self._save(durable=False)
         self._maybe_next_stage()
 
     def _maybe_next_stage(self) -> None:
@@ -1059,7 +1100,7 @@ class Experiment:
             assert p is not None
             p.result = result
             self.state.phase = Phase.EVALUATED
-            self._save()
+            self._save(durable=False)
 
 
 def _stat_sig(path: Path) -> tuple[int, int, int] | None:

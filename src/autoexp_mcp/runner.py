@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -24,6 +25,7 @@ from typing import Literal
 from .errors import EvalError
 
 EVAL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of the eval's process group
+PIPE_EOF_S = 0.05  # after the group is killed, how long EOF on the output pipe may take
 READER_JOIN_S = 2.0  # how long to wait for the output pipe to drain after the eval exits
 TAIL_KEEP_BYTES = 1024 * 1024  # tail of a runaway log kept in memory (and written at the end)
 CHUNK = 64 * 1024
@@ -181,6 +183,22 @@ def kill_pipe_holders(pipe_ino: int) -> int:
     return killed
 
 
+def _wait_exact(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """`proc.wait(timeout)` without Popen's polling loop: a pidfd wakes us when the process exits."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout=timeout)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(max(0, int(timeout * 1000))):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
+
+
 class EvalProcess:
     """One run of the eval command. Thread-safe; `wait` may be called from any thread."""
 
@@ -250,7 +268,7 @@ class EvalProcess:
     def _wait(self) -> None:
         status: RunStatus
         try:
-            rc = self.proc.wait(timeout=self.spec.timeout_s)
+            rc = _wait_exact(self.proc, self.spec.timeout_s)
             status = "done" if rc == 0 else "crash"
         except subprocess.TimeoutExpired:
             self._killpg(signal.SIGTERM)
@@ -263,9 +281,13 @@ class EvalProcess:
         elapsed = time.monotonic() - self._started
         # Grandchildren left in the group (or escaped from it with setsid, daemonised or
         # not) must not outlive the run; killing them also closes any copy of the pipe.
-        self._kill_leftovers()
-        self._reader.join(READER_JOIN_S)
-        if self._reader.is_alive():
+        self._killpg(signal.SIGKILL)
+        kill_marked(self.spec.run_id)
+        self._reader.join(PIPE_EOF_S)
+        # Something still holds the pipe: find it by its fds (twice, for one that forked meanwhile).
+        for _ in range(2):
+            if not self._reader.is_alive():
+                break
             self._kill_leftovers()
             self._reader.join(READER_JOIN_S)
         with self._pipe_lock, contextlib.suppress(OSError):

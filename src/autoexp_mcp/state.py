@@ -116,20 +116,25 @@ def load_state(root: Path) -> State | None:
     return State.model_validate_json(path.read_text(encoding="utf-8"))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory, fsync, rename, fsync the directory."""
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write via a temp file in the same directory and rename it over `path`. With `durable`
+    (the default) the file and the directory are fsync'd too; without, the write survives a
+    killed process but not a power cut: only for states a restart can redo."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -137,5 +142,5 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dfd)
 
 
-def save_state(root: Path, state: State) -> None:
-    atomic_write(state_path(root), json.dumps(state.model_dump(mode="json"), indent=1).encode())
+def save_state(root: Path, state: State, durable: bool = True) -> None:
+    atomic_write(state_path(root), json.dumps(state.model_dump(mode="json"), indent=1).encode(), durable)
