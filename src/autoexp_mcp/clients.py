@@ -18,7 +18,6 @@ Formats, as documented by each client:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -26,7 +25,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from typing import Any, Literal
 import tomli_w
 
 from .errors import ConfigError
+from .guard import atomic_write_file
 
 CLIENTS: tuple[str, ...] = ("claude-code", "claude-desktop", "codex", "cursor", "vscode", "gemini")
 
@@ -218,18 +217,7 @@ def _backup(path: Path) -> Path:
 
 
 def _atomic_write(path: Path, text: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_file(path, text.encode("utf-8"), mode)
 
 
 def _default_mode() -> int:

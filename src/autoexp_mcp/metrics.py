@@ -130,7 +130,7 @@ def extract(metrics: Iterable[MetricConfig], output: str, cwd: Path | None = Non
     return Extraction(values, errors)
 
 
-def log_text_for_metrics(path: Path, window: int = 4 * 1024 * 1024) -> str:
+def log_text_for_metrics(path: Path, window: int = 1024 * 1024) -> str:
     """The output to search: the whole log when small, else its first and last `window` bytes."""
     try:
         with path.open("rb") as f:

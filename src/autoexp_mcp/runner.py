@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -131,56 +131,47 @@ def _limits(cpu_seconds: int | None, memory_mb: int | None):
     return apply
 
 
-def kill_marked(run_id: str) -> int:
-    """SIGKILL every process whose environment carries this run's marker. Linux only."""
-    needle = f"{MARKER_VAR}={run_id}".encode()
-    killed = 0
+def _kill_processes_where(matches: Callable[[Path], bool]) -> int:
+    """SIGKILL every other process whose /proc entry `matches`. Linux only (0 elsewhere)."""
     proc = Path("/proc")
     if not proc.is_dir():
         return 0
     me = os.getpid()
+    killed = 0
     for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
+            hit = matches(entry)
+        except OSError:  # gone meanwhile, or not ours to read
             continue
-        if needle in env.split(b"\0"):
+        if hit:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed += 1
     return killed
+
+
+def kill_marked(run_id: str) -> int:
+    """SIGKILL every process whose environment carries this run's marker."""
+    needle = f"{MARKER_VAR}={run_id}".encode()
+    return _kill_processes_where(lambda entry: needle in (entry / "environ").read_bytes().split(b"\0"))
 
 
 def kill_pipe_holders(pipe_ino: int) -> int:
     """SIGKILL every other process holding an end of this pipe: eval descendants that dropped
     their environment (so carry no marker) and left the group, but still hold the eval's
-    output. Linux only."""
+    output."""
     needle = f"pipe:[{pipe_ino}]"
-    killed = 0
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return 0
-    me = os.getpid()
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            fds = os.listdir(entry / "fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(entry / "fd" / fd) != needle:
-                    continue
-            except OSError:
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
-            break
-    return killed
+
+    def holds(entry: Path) -> bool:
+        for fd in os.listdir(entry / "fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "fd" / fd) == needle:
+                    return True
+        return False
+
+    return _kill_processes_where(holds)
 
 
 def _wait_exact(proc: subprocess.Popen[bytes], timeout: float) -> int:
