@@ -181,7 +181,10 @@ class Git:
     def commit_file(self, path: str, message: str) -> str:
         """Commit exactly `path` (its working-tree content) with `message`; returns the new sha."""
         try:
-            self._g.commit("--no-verify", "--cleanup=verbatim", "--only", "-m", message, "--", path, env=self._env())
+            # maintenance.auto=false: no `git maintenance run --auto` after every experiment
+            # (a few ms each); run `git gc` after a long run if the repository feels slow.
+            argv = ["git", "-c", "maintenance.auto=false", "commit", "--no-verify", "--cleanup=verbatim", "--only"]
+            self._g.execute([*argv, "-m", message, "--", path], env=self._env())
         except git.GitCommandError as e:
             raise GitError(f"git commit failed: {(e.stderr or e.stdout or '').strip()[-500:]}") from None
         return self.head()
