@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import logging
 import math
@@ -27,7 +28,6 @@ from . import budget as budgetmod
 from . import guard, ledger, metrics, policy
 from .config import CONFIG_FILE, DEFAULT_ENV_ALLOWLIST, Config, MetricConfig, load_config
 from .errors import (
-    AutoexpError,
     BudgetExhausted,
     DirtyTreeError,
     EvalError,
@@ -241,7 +241,7 @@ class Experiment:
                     start = self.git.commit_file(CONFIG_FILE, f"autoexp: start tag {exp.tag} from {start[:12]}")
         state = State(tag=exp.tag, branch=branch, start_commit=start, started_at=time.time(), harness=None)
         self.state = state
-        self._check_target_tracked(start)
+        self._check_target_tracked()
         state.harness = self._harness_hash(start)
         self._save()
         return state
@@ -270,12 +270,11 @@ class Experiment:
                 "first; autoexp-mcp only starts from a clean tree so that every result is reproducible."
             )
 
-    def _check_target_tracked(self, commit: str) -> None:
+    def _check_target_tracked(self) -> None:
         target = self.cfg.experiment.target
         guard.resolve_target(self.root, target)
         if not self.git.is_tracked(target):
             raise GuardError(f"target {target} is not tracked by git. `git add {target}` and commit it first.")
-        del commit
 
     def _harness_hash(self, commit: str) -> str:
         """Identifies what the metric is measured with: every tracked file but the target, and
@@ -669,7 +668,7 @@ class Experiment:
             )
             index = p.experiment - 1 - st.stage_started_experiments
             if r.status in ("crash", "timeout"):
-                d = policy.Decision(r.status, r.status, r.reason or r.status)  # type: ignore[arg-type]
+                d = policy.Decision("crash" if r.status == "crash" else "timeout", r.status, r.reason or r.status)
             elif p.baseline and st.incumbent is None:
                 d = policy.decide(policy.Measurement(r.values), None, cfg, experiment_index=0)
             else:
@@ -844,7 +843,7 @@ class Experiment:
         st.start_commit = start
         self._save()
         self.git.reset_hard(start)
-        self._check_target_tracked(start)
+        self._check_target_tracked()
         st.harness = self._harness_hash(start)
         self._save()
 
@@ -1042,20 +1041,26 @@ class Experiment:
         # After an interrupted drift run the target may still hold the incumbent's version.
         self._put_target(commit)
         k = cfg.policy.repeats
-        common = dict(
-            argv=cfg.experiment.argv, commit=commit, repeats=k, metric_cfgs=cfg.metric, timeout=cfg.experiment.timeout
+        measure = functools.partial(
+            self._measure,
+            job,
+            argv=cfg.experiment.argv,
+            commit=commit,
+            repeats=k,
+            metric_cfgs=cfg.metric,
+            timeout=cfg.experiment.timeout,
         )
         drift_values: dict[str, list[float]] | None = None
         every = cfg.policy.drift_every
         if not baseline and inc is not None and every and index > 0 and index % every == 0:
             self._put_target(inc.commit)
             try:
-                again = self._measure(job, label=f"{job.run}.drift", target_from=inc.commit, **common)  # type: ignore[arg-type]
+                again = measure(label=f"{job.run}.drift", target_from=inc.commit)
             finally:
                 self._put_target(commit)
             if again.status == "done":
                 drift_values = again.values
-        result = self._measure(job, label=str(job.run), **common)  # type: ignore[arg-type]
+        result = measure(label=str(job.run))
         if result.status != "done":
             return result
         result.drift_values = drift_values
@@ -1120,6 +1125,3 @@ def _diff_lines(a: str, b: str) -> int:
         for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0)
         if line[:1] in "+-" and not line.startswith(("+++", "---"))
     )
-
-
-__all__ = ["AutoexpError", "Experiment"]
