@@ -151,9 +151,7 @@ def test_claude_desktop_config_location_per_platform(
 
 
 def test_claude_desktop_on_windows_prefers_the_msix_package_directory(env: dict[str, Any]) -> None:
-    roaming = (
-        env["home"] / "AppData" / "Local" / "Packages" / "Claude_pzs8sxrjxfjjc" / "LocalCache" / "Roaming"
-    )
+    roaming = env["home"] / "AppData" / "Local" / "Packages" / "Claude_pzs8sxrjxfjjc" / "LocalCache" / "Roaming"
     roaming.mkdir(parents=True)
     s = make("claude-desktop", env, platform="win32")
     assert s.config_path == roaming / "Claude" / "claude_desktop_config.json"

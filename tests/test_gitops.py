@@ -212,13 +212,7 @@ def test_queries_on_recorded_shas(repo: Path) -> None:
     first = g.head()
     (repo / "value.txt").write_text("2\n3\n")
     second = g.commit_file("value.txt", "two")
-    assert g.commit_exists(first)
-    assert not g.commit_exists("0" * 40)
-    assert g.is_ancestor(first, second)
-    assert not g.is_ancestor(second, first)
-    assert g.diff_lines(first, second, "value.txt") == 3  # 1 removed, 2 added
-    assert g.diff_lines(first, second, "evaluate.py") == 0
-    assert g.tree_id(first) != g.tree_id(second)
+    assert second != first and g.head() == second
     assert g.show_file(first, "value.txt") == b"1\n"
     assert g.is_tracked("value.txt")
     assert not g.is_tracked("nope.txt")
@@ -232,11 +226,7 @@ BAD_REFS = ["--output=x", "HEAD", "main", "HEAD~1", "a" * 39, "A" * 40, "a" * 40
 
 SHA_METHODS: dict[str, Callable[[Git, str], object]] = {
     "reset_hard": lambda g, s: g.reset_hard(s),
-    "commit_exists": lambda g, s: g.commit_exists(s),
-    "is_ancestor": lambda g, s: g.is_ancestor(s, g.head()),
     "show_file": lambda g, s: g.show_file(s, "value.txt"),
-    "diff_lines": lambda g, s: g.diff_lines(s, g.head(), "value.txt"),
-    "tree_id": lambda g, s: g.tree_id(s),
     "restore": lambda g, s: g.restore(s, ["value.txt"]),
     "unstage_all": lambda g, s: g.unstage_all(s),
     "checkout_branch": lambda g, s: g.checkout_branch("autoexp/x", s),

@@ -160,10 +160,7 @@ def _records(repo: Path):
     from .ledger import Ledger
 
     cfg = load_config(repo)
-    names: list[str] = []
-    for i in range(max(1, len(cfg.stage))):
-        names += [m.name for m in cfg.for_stage(i).metric if m.name not in names]
-    return cfg, list(Ledger(repo, names).records())
+    return cfg, list(Ledger(repo, cfg.ledger_metric_names).records())
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -273,6 +273,14 @@ class Config(_Frozen):
             stage=self.stage,
         )
 
+    @property
+    def ledger_metric_names(self) -> list[str]:
+        """The ledger's metric columns: every metric of every stage, in order of first appearance."""
+        names: list[str] = []
+        for i in range(max(1, len(self.stage))):
+            names += [m.name for m in self.for_stage(i).metric if m.name not in names]
+        return names
+
     def stage_name(self, index: int) -> str | None:
         return self.stage[index].name if self.stage else None
 

@@ -86,20 +86,6 @@ class Git:
         except git.GitCommandError:
             return False
 
-    def commit_exists(self, sha: str) -> bool:
-        try:
-            self._g.cat_file("-e", f"{_sha(sha)}^{{commit}}")
-            return True
-        except git.GitCommandError:
-            return False
-
-    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        try:
-            self._g.merge_base("--is-ancestor", _sha(ancestor), _sha(descendant))
-            return True
-        except git.GitCommandError:
-            return False
-
     def resolve(self, rev: str) -> str:
         """Resolve a user-given revision (CLI only, never agent input) to a full sha."""
         if rev.startswith("-"):
@@ -124,18 +110,6 @@ class Git:
 
     def is_tracked(self, path: str) -> bool:
         return bool(str(self._g.ls_files("--error-unmatch", "--", path, with_exceptions=False)).strip())
-
-    def diff_lines(self, a: str, b: str, path: str) -> int:
-        out = str(self._g.diff("--numstat", _sha(a), _sha(b), "--", path))
-        total = 0
-        for line in out.splitlines():
-            added, removed, _ = line.split("\t", 2)
-            if added != "-":
-                total += int(added) + int(removed)
-        return total
-
-    def tree_id(self, sha: str) -> str:
-        return str(self._g.rev_parse(f"{_sha(sha)}^{{tree}}")).strip()
 
     def branch_commits(self, branch: str) -> set[str]:
         out = str(self._g.rev_list(f"refs/heads/{branch}"))

@@ -134,6 +134,7 @@ class Experiment:
         self.root = self.git.root
         self.full_cfg = cfg if cfg is not None else load_config(self.root)
         self.dir = self.root / STATE_DIR
+        self.ledger = ledger.Ledger(self.root, self.full_cfg.ledger_metric_names)
         self.dir.mkdir(exist_ok=True)
         self._lock = threading.RLock()
         self._job: _Job | None = None
@@ -160,13 +161,6 @@ class Experiment:
     @property
     def cfg(self) -> Config:
         return self.full_cfg.for_stage(self.state.stage if hasattr(self, "state") else 0)
-
-    @property
-    def ledger(self) -> ledger.Ledger:
-        names: list[str] = []
-        for cfg in [self.full_cfg.for_stage(i) for i in range(max(1, len(self.full_cfg.stage)))]:
-            names += [m.name for m in cfg.metric if m.name not in names]
-        return ledger.Ledger(self.root, names)
 
     def _acquire_lock(self) -> int:
         path = self.dir / "lock"
@@ -588,7 +582,6 @@ class Experiment:
             job = _Job(self, st.runs)
             p.run = st.runs
             p.run_id = job.run_id
-            p.run_started = time.time()
             st.phase = Phase.RUNNING
             self._save(durable=False)
             (self.dir / "runs").mkdir(exist_ok=True)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Config, Direction, MetricConfig
 from .errors import AutoexpError
+from .guard import atomic_write_file
 from .ledger import Ledger, Record, clean_text
 
 if TYPE_CHECKING:
@@ -828,18 +829,11 @@ class ReportPaths:
 
 
 def load_records(repo: Path, cfg: Config) -> list[Record]:
-    names = [m.name for m in cfg.metric] or [m.name for m in cfg.stage[0].metric]
-    return list(Ledger(Path(repo), names).records())
+    return list(Ledger(Path(repo), cfg.ledger_metric_names).records())
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_file(path, text.encode("utf-8"))
 
 
 def write_report(repo: Path, cfg: Config, out_dir: Path | None = None) -> ReportPaths:

@@ -75,7 +75,6 @@ class Pending(_Model):
     diff_lines: int = 0
     run: int | None = None
     run_id: str | None = None
-    run_started: float | None = None
     result: EvalResult | None = None
     decision: DecisionState | None = None
     explore: bool = False

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import ledger
-from .config import Config, load_config
+from .config import load_config
 from .errors import GitError
 from .gitops import Git
 from .state import load_state
@@ -25,14 +25,6 @@ from .state import load_state
 _SHORT_SHA_RE = re.compile(r"^[0-9a-f]{4,40}$")
 KEPT = ("keep", "explore")
 MAX_PROBLEMS = 200  # a wholly rewritten file would otherwise print one line per row and column
-
-
-def metric_names(cfg: Config) -> list[str]:
-    """The TSV's metric columns: every metric of every stage, in order of first appearance."""
-    names: list[str] = []
-    for i in range(max(1, len(cfg.stage))):
-        names += [m.name for m in cfg.for_stage(i).metric if m.name not in names]
-    return names
 
 
 class _Line:
@@ -206,7 +198,7 @@ def verify(repo: Path) -> list[str]:
     git = Git(Path(repo))
     root = git.root
     cfg = load_config(root)
-    names = metric_names(cfg)
+    names = cfg.ledger_metric_names
     jsonl = root / ledger.EXPERIMENTS_JSONL
     problems: list[str] = []
     lines = _read_jsonl(jsonl, problems) if jsonl.exists() else []
