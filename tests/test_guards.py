@@ -1043,11 +1043,6 @@ def test_an_eval_descendant_without_marker_but_holding_the_output_does_not_outli
     assert run_escape(make_repo, "keeps-stdout") == []
 
 
-@pytest.mark.xfail(
-    reason="a descendant with a clean environment, its own session and no fd of the eval has nothing left "
-    "to find it by (no group, no marker, no pipe); needs PR_SET_CHILD_SUBREAPER or a cgroup",
-    strict=True,
-)
 def test_a_fully_detached_eval_descendant_does_not_outlive_the_run(make_repo: MakeRepo) -> None:
     assert run_escape(make_repo, "detached") == []
 

@@ -2,18 +2,25 @@
 
 Output goes through a pipe into `CappedLog`, which writes the head to disk and keeps only a
 bounded tail in memory, so an eval that prints gigabytes costs neither disk nor memory.
-Every eval carries `AUTOEXP_RUN_ID` in its environment, so processes that left the group
-(setsid, daemonised grandchildren) are still found and killed; so are those that also dropped
-their environment but still hold the eval's output pipe.
+On Linux the server makes itself a child subreaper, so every orphaned descendant of an eval,
+however detached (setsid, double fork, clean environment, no fd of the eval), becomes our child:
+after the run, our children in a session other than ours that started after the eval are its
+leftovers, killed and reaped without scanning /proc. Elsewhere (or if prctl fails), every eval
+carries `AUTOEXP_RUN_ID` in its environment, so processes that left the group are found and
+killed by a scan of /proc; so are those that dropped their environment but still hold the eval's
+output pipe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import logging
 import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -30,6 +37,11 @@ READER_JOIN_S = 2.0  # how long to wait for the output pipe to drain after the e
 TAIL_KEEP_BYTES = 1024 * 1024  # tail of a runaway log kept in memory (and written at the end)
 CHUNK = 64 * 1024
 MARKER_VAR = "AUTOEXP_RUN_ID"
+PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
+REAP_WAIT_S = 2.0  # how long a sweep waits for its killed leftovers to exit (one stuck in D state is given up)
+SWEEP_ROUNDS = 100  # killing a leftover hands its own children to us: sweep again, at most this often
+
+log = logging.getLogger("autoexp_mcp")
 
 RunStatus = Literal["done", "crash", "timeout"]
 
@@ -174,6 +186,124 @@ def kill_pipe_holders(pipe_ino: int) -> int:
     return _kill_processes_where(holds)
 
 
+# --- leftovers of a run, as our own children (Linux child subreaper) --------------------------------
+
+_subreaper: bool | None = None  # None until the first eval; then whether prctl succeeded
+_children_files = False  # whether the kernel lists each thread's children (CONFIG_PROC_CHILDREN)
+# Main pids of running evals: our children in sessions of their own that no sweep may touch
+# (and whose status belongs to their Popen). Guarded, with every sweep, by _sweep_lock.
+_live_evals: set[int] = set()
+_sweep_lock = threading.Lock()
+
+
+def _become_subreaper() -> bool:
+    """Once per process (under `_sweep_lock`): adopt every orphaned descendant, so an eval's
+    detached descendants come to us. Never raises; False keeps the /proc-scan clean-up."""
+    global _subreaper, _children_files
+    if _subreaper is None:
+        _subreaper = False
+        if sys.platform.startswith("linux") and os.path.exists("/proc/self/stat"):
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+            except (OSError, AttributeError):
+                pass
+            _children_files = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+            if not _subreaper:
+                log.info("cannot become a child subreaper; eval leftovers are found by scanning /proc")
+    return _subreaper
+
+
+def _stat(pid: int | str) -> list[bytes]:
+    """The fields of /proc/PID/stat from field 3 (state) on: parsed after the last ')', since the
+    command name may hold spaces and parentheses. Field N is at index N - 3."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def _boot_ticks() -> int:
+    """Now, in the clock ticks since boot that /proc/PID/stat gives start times in."""
+    with open("/proc/uptime", "rb") as f:
+        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def _children() -> list[int]:
+    """Our own children: from every thread's children list (an orphan is handed to any of our
+    threads), or, where the kernel keeps no such lists, from every process's parent pid."""
+    found: list[int] = []
+    if _children_files:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/children", "rb") as f:
+                found += (int(pid) for pid in f.read().split())
+        return found
+    me = str(os.getpid()).encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if _stat(entry)[1] == me:
+                    found.append(int(entry))
+    return found
+
+
+def _reap(pid: int, timeout: float) -> bool:
+    """Collect the status of our exited child `pid`, waiting at most `timeout` s for it to exit.
+    This pid only: waitpid(-1) would steal the status of some Popen's child."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True  # already collected
+    except (AttributeError, OSError):
+        fd = -1
+    try:
+        if fd >= 0:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)  # readable once the process has exited
+            poller.poll(max(0, int(timeout * 1000)))
+        else:
+            deadline = time.monotonic() + timeout
+            while os.waitpid(pid, os.WNOHANG)[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)  # no pidfd (Linux < 5.3): a bounded poll
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True  # collected meanwhile
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def reap_leftovers(since: int) -> int:
+    """SIGKILL and reap what an eval started at `since` (clock ticks since boot) left behind: our
+    children in a session other than ours (every eval descendant lives in the eval's new session
+    or a newer one; the git commands we run share ours) that started no earlier than the eval,
+    zombies included. Returns how many. Only meaningful once we are a child subreaper."""
+    our_session = os.getsid(0)
+    stuck: set[int] = set()
+    found = 0
+    with _sweep_lock:
+        deadline = time.monotonic() + REAP_WAIT_S
+        for _ in range(SWEEP_ROUNDS):
+            leftovers = []
+            for pid in _children():
+                if pid in _live_evals or pid in stuck:
+                    continue
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    fields = _stat(pid)
+                    if int(fields[3]) != our_session and int(fields[19]) >= since:
+                        leftovers.append(pid)
+            if not leftovers:
+                break
+            for pid in leftovers:
+                with contextlib.suppress(ProcessLookupError):  # our unreaped child: its pid is not reused
+                    os.kill(pid, signal.SIGKILL)
+            for pid in leftovers:  # each exit hands the leftover's children to us, for the next round
+                if not _reap(pid, deadline - time.monotonic()):
+                    stuck.add(pid)
+                    log.warning("eval leftover %d did not exit within %.0f s of SIGKILL; left behind", pid, REAP_WAIT_S)
+            found += len(leftovers)
+    return found
+
+
 def _wait_exact(proc: subprocess.Popen[bytes], timeout: float) -> int:
     """`proc.wait(timeout)` without Popen's polling loop: a pidfd wakes us when the process exits."""
     try:
@@ -201,17 +331,23 @@ class EvalProcess:
         self._started = time.monotonic()
         env = dict(spec.env)
         env[MARKER_VAR] = spec.run_id
+        # No sweep may see the new eval before it is spared as a running one.
         try:
-            self.proc = subprocess.Popen(
-                list(spec.argv),
-                cwd=spec.cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_limits(spec.cpu_seconds, spec.memory_mb),
-            )
+            with _sweep_lock:
+                # The eval's start time bounds what its sweep kills: one tick early if we cannot
+                # read it from /proc (it cannot have been reaped yet, so this is a safety net).
+                floor = _boot_ticks() - 1 if _become_subreaper() else None
+                self.proc = subprocess.Popen(
+                    list(spec.argv),
+                    cwd=spec.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_limits(spec.cpu_seconds, spec.memory_mb),
+                )
+                _live_evals.add(self.proc.pid)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as e:
             self.log.write(f"autoexp: cannot start {spec.argv[0]!r}: {e}\n".encode())
             self.log.close()
@@ -220,6 +356,11 @@ class EvalProcess:
                 f"cannot start the eval command {spec.argv[0]!r}: {reason}. Check [experiment].eval "
                 "in autoexp.toml and that the program is on PATH."
             ) from None
+        # Set when we are a child subreaper: the eval's start, in clock ticks since boot.
+        self._since: int | None = floor
+        if floor is not None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                self._since = int(_stat(self.proc.pid)[19])
         assert self.proc.stdout is not None
         self._pipe_ino = os.fstat(self.proc.stdout.fileno()).st_ino
         # Held while looking for the pipe's holders, and to close it: a closed pipe's inode
@@ -270,16 +411,21 @@ class EvalProcess:
                 self.proc.wait()
             rc, status = self.proc.returncode, "timeout"
         elapsed = time.monotonic() - self._started
+        with _sweep_lock:
+            _live_evals.discard(self.proc.pid)  # reaped by the wait above
         # Grandchildren left in the group (or escaped from it with setsid, daemonised or
         # not) must not outlive the run; killing them also closes any copy of the pipe.
         self._killpg(signal.SIGKILL)
-        kill_marked(self.spec.run_id)
+        if self._since is not None:
+            reap_leftovers(self._since)  # however detached, they are all our children by now
+        else:
+            kill_marked(self.spec.run_id)
         self._reader.join(PIPE_EOF_S)
         # Something still holds the pipe: find it by its fds (twice, for one that forked meanwhile).
         for _ in range(2):
             if not self._reader.is_alive():
                 break
-            self._kill_leftovers()
+            self._kill_leftovers(marked=self._since is None)
             self._reader.join(READER_JOIN_S)
         with self._pipe_lock, contextlib.suppress(OSError):
             self.proc.stdout.close()  # type: ignore[union-attr]
@@ -302,19 +448,23 @@ class EvalProcess:
     def outcome(self) -> RunOutcome | None:
         return self._outcome
 
-    def _kill_leftovers(self) -> None:
+    def _kill_leftovers(self, *, marked: bool) -> None:
         self._killpg(signal.SIGKILL)
-        kill_marked(self.spec.run_id)
+        if marked:
+            kill_marked(self.spec.run_id)
+        if self._since is not None:
+            reap_leftovers(self._since)
         with self._pipe_lock:
             if self.proc.stdout is not None and not self.proc.stdout.closed:
                 kill_pipe_holders(self._pipe_ino)
 
     def kill(self) -> None:
-        """Stop the run now (server shutdown): the whole group, then anything carrying the marker
-        or holding the output pipe."""
+        """Stop the run now (server shutdown): the whole group, then anything carrying the marker,
+        our children the run left, or anything holding the output pipe. The marker scan stays
+        here: the server may exit before the run's own sweep, and its orphans would go to init."""
         if self._done.is_set():
             return
-        self._kill_leftovers()
+        self._kill_leftovers(marked=True)
 
     def tail(self, max_bytes: int = 2000) -> str:
         data = self.log.tail_bytes(max_bytes)
