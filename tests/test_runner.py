@@ -6,12 +6,15 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,15 +84,16 @@ def wait_gone(pid: int, within_s: float = GONE_S) -> bool:
 
 
 @contextlib.contextmanager
-def reaped_on_failure(pid_file: Path) -> Iterator[None]:
+def reaped_on_failure(*pid_files: Path) -> Iterator[None]:
     """Never leave a stray test process behind, whatever the assertions say."""
     try:
         yield
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text())
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        for pid_file in pid_files:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text())
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 # Forks a grandchild that ignores SIGTERM (optionally in a session of its own, optionally
@@ -227,7 +231,7 @@ def test_grandchild_that_escapes_with_setsid_is_still_killed(tmp_path: Path, det
         assert out.status == ("timeout" if hang else "done")
         grandchild = int(pid_file.read_text())
         assert wait_gone(grandchild), f"grandchild {grandchild} escaped with setsid and survived"
-        # Killed by marker right away: the run does not first wait READER_JOIN_S for the pipe.
+        # Killed right away: the run does not first wait READER_JOIN_S for the pipe.
         assert time.monotonic() - started_at < (TIMEOUT_S if hang else 0.0) + runner.READER_JOIN_S
 
 
@@ -253,6 +257,214 @@ def test_elapsed_is_frozen_once_the_run_is_over(tmp_path: Path) -> None:
         assert p.wait(FINISH_S)
         assert p.outcome is not None
         assert p.elapsed_s == p.outcome.elapsed_s
+
+
+# --- leftovers of a run, as our own children (child subreaper) ------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_CHILD_SUBREAPER is Linux's")
+
+# Imported by the evals below. `detached` forks a daemon the hard way: its own session, no fd
+# of its parent, an empty environment (so no group, marker or pipe leads to it); the daemon
+# runs this file as `DIR NAME [CHILD...]`: it records its pid in DIR/NAME.pid, starts CHILD...
+# the same way, waits for it to record its pid, then stays alive.
+DETACH = """
+import os, sys, time
+
+def detached(d, *names):
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.closerange(3, 65536)
+        os.execve(sys.executable, [sys.executable, "-I", "-S", __file__, d, *names], {})
+    return pid
+
+def record(d, name):
+    path = os.path.join(d, name + ".pid")
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+
+def wait_for(d, name):
+    deadline = time.monotonic() + 10
+    while not os.path.exists(os.path.join(d, name + ".pid")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+if __name__ == "__main__":
+    d, name, *rest = sys.argv[1:]
+    record(d, name)
+    if rest:
+        detached(d, *rest)
+        wait_for(d, rest[0])
+    while True:
+        time.sleep(60)
+"""
+
+
+def detach_eval(tmp_path: Path, body: str) -> str:
+    """Eval code with `detached`, `record`, `wait_for` and `d` (the pid files' directory) at hand."""
+    (tmp_path / "detach.py").write_text(DETACH)
+    return f"import os, sys, time\nd = {str(tmp_path)!r}\nsys.path.insert(0, d)\nfrom detach import *\n" + body
+
+
+def pid_of(tmp_path: Path, name: str) -> int:
+    return int((tmp_path / f"{name}.pid").read_text())
+
+
+def not_our_child(pid: int) -> bool:
+    """True when `pid` is no child of ours, not even a zombie waiting to be reaped."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def assert_reaped(*pids: int) -> None:
+    assert runner._subreaper, "the server did not become a child subreaper"
+    for pid in pids:
+        assert not is_alive(pid), f"{pid} outlived the run"
+        assert not_our_child(pid), f"{pid} was left to us unreaped"
+        assert pid not in runner._children()
+
+
+# The classic daemon: the eval forks a middle process, which starts the daemon and exits; the
+# eval does not wait for the middle one either, so its exit hands us a zombie as well.
+DOUBLE_FORK = """
+middle = os.fork()
+if middle == 0:
+    detached(d, "daemon")
+    wait_for(d, "daemon")
+    os._exit(0)
+with open(os.path.join(d, "middle.pid"), "w") as f:
+    f.write(str(middle))
+wait_for(d, "daemon")
+print("daemon up", flush=True)
+if {hang}:
+    while True:
+        time.sleep(60)
+"""
+
+
+@linux_only
+@pytest.mark.parametrize("stop", ["run-ends", "killed"])
+def test_a_daemonised_grandchild_is_killed_and_reaped_leaving_no_zombie(tmp_path: Path, stop: str) -> None:
+    code = detach_eval(tmp_path, DOUBLE_FORK.format(hang=stop == "killed"))
+    with reaped_on_failure(tmp_path / "daemon.pid"), started(spec(tmp_path, code, timeout_s=30)) as p:
+        if stop == "killed":
+            deadline = time.monotonic() + FINISH_S
+            while "daemon up" not in p.tail() and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling interval of a bounded wait
+            p.kill()
+        assert p.wait(FINISH_S)
+        assert p.outcome is not None
+        assert p.outcome.status == ("crash" if stop == "killed" else "done")
+        assert_reaped(pid_of(tmp_path, "daemon"), pid_of(tmp_path, "middle"))
+
+
+@linux_only
+def test_a_chain_of_detached_descendants_is_killed_to_the_last(tmp_path: Path) -> None:
+    # eval -> A (detached, stays alive) -> B (detached from A): only A is ours when the run ends;
+    # B becomes ours once A is killed.
+    body = """
+    detached(d, "A", "B")
+    wait_for(d, "A")
+    wait_for(d, "B")
+    b = open(os.path.join(d, "B.pid")).read()
+    print("parent of B:", open(f"/proc/{b}/stat").read().rsplit(")", 1)[1].split()[1])
+    """
+    code = detach_eval(tmp_path, textwrap.dedent(body))
+    with reaped_on_failure(tmp_path / "A.pid", tmp_path / "B.pid"):
+        out = run(spec(tmp_path, code))
+        assert out.status == "done"
+        a, b = pid_of(tmp_path, "A"), pid_of(tmp_path, "B")
+        assert out.log_path.read_text() == f"parent of B: {a}\n"
+        assert_reaped(a, b)
+
+
+@contextlib.contextmanager
+def sleeping(new_session: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """A sleeper of our own, killed and waited for at the end whatever happens."""
+    argv = [sys.executable, "-I", "-S", "-c", "import time; time.sleep(30)"]
+    proc = subprocess.Popen(argv, start_new_session=new_session)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(GONE_S)
+
+
+@linux_only
+def test_the_sweep_spares_our_own_processes_and_older_ones(tmp_path: Path) -> None:
+    code = detach_eval(tmp_path, 'detached(d, "daemon")\nwait_for(d, "daemon")\nwait_for(d, "go")\n')
+    with (
+        sleeping(new_session=True) as older,  # in another session, but older than the eval
+        reaped_on_failure(tmp_path / "daemon.pid"),
+    ):
+        # Start times count in clock ticks (10 ms): "older" means started in an earlier tick.
+        older_start = int(runner._stat(older.pid)[19])
+        deadline = time.monotonic() + GONE_S
+        while runner._boot_ticks() <= older_start + 1 and time.monotonic() < deadline:
+            time.sleep(0.002)  # polling interval of a bounded wait for the clock to tick on
+        with started(spec(tmp_path, code)) as p, sleeping() as ours:  # ours: started during the eval
+            (tmp_path / "go.pid").write_text("")
+            assert p.wait(FINISH_S)
+            assert_reaped(pid_of(tmp_path, "daemon"))  # the sweep did run
+            assert ours.poll() is None, "the sweep killed a process of our own session"
+            assert older.poll() is None, "the sweep killed a process older than the eval"
+        assert ours.returncode == -signal.SIGKILL  # its status is still its Popen's
+    assert older.returncode == -signal.SIGKILL
+
+
+@linux_only
+def test_a_run_without_descendants_sweeps_only_our_children(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def counted(name: str) -> None:
+        real = getattr(runner, name)
+
+        def wrapper(arg: Any) -> int:
+            n = real(arg)
+            calls.append((name, n))
+            return n
+
+        monkeypatch.setattr(runner, name, wrapper)
+
+    for name in ("kill_marked", "kill_pipe_holders", "reap_leftovers"):
+        counted(name)
+    assert run(spec(tmp_path, "print('alone')")).status == "done"
+    assert calls == [("reap_leftovers", 0)]  # nothing found, and no scan of all of /proc
+
+
+@linux_only
+@pytest.mark.parametrize("source", ["children-files", "parent-pids"])
+def test_our_children_are_listed_from_every_thread(monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    with runner._sweep_lock:
+        runner._become_subreaper()
+    if source == "children-files" and not runner._children_files:
+        pytest.skip("this kernel keeps no /proc/PID/task/TID/children lists")
+    monkeypatch.setattr(runner, "_children_files", source == "children-files")
+    spawned, listed = threading.Event(), threading.Event()
+    box: list[subprocess.Popen[bytes]] = []
+
+    def other_thread() -> None:  # keeps its child in its own children list until listed
+        with sleeping() as proc:
+            box.append(proc)
+            spawned.set()
+            listed.wait(FINISH_S)
+
+    thread = threading.Thread(target=other_thread)
+    with sleeping() as here:
+        thread.start()
+        try:
+            assert spawned.wait(FINISH_S)
+            assert {here.pid, box[0].pid} <= set(runner._children())
+        finally:
+            listed.set()
+            thread.join(FINISH_S)
+    assert not {here.pid, box[0].pid} & set(runner._children())
 
 
 # --- the capped log ----------------------------------------------------------------------------
