@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import CONFIG_FILE, DEFAULT_ENV_ALLOWLIST, load_config, starter_config
 from .errors import AutoexpError, ConfigError
 
 log = logging.getLogger("autoexp_mcp")
@@ -34,24 +33,36 @@ def _repo(args: argparse.Namespace) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .loop import Experiment
-    from .server import build_server
+    import anyio
 
-    exp = Experiment(_repo(args), from_commit=args.from_commit)
+    from .server import Opener, build_server
+    from .stdio import serve_stdio
+
+    repo, from_commit = _repo(args), args.from_commit
+
+    def open_experiment():  # in a worker thread, while the client's handshake is answered
+        from .loop import Experiment
+
+        exp = Experiment(repo, from_commit=from_commit)
+        log.info("autoexp-mcp %s serving %s on branch %s", __version__, exp.root, exp.cfg.experiment.branch)
+        return exp
+
+    opener = Opener(open_experiment)
 
     def on_term(signum: int, _frame: object) -> None:
         # Kill the eval's process group before going: the default handler would skip cleanup.
-        exp.close()
+        opener.close()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
-    log.info("autoexp-mcp %s serving %s on branch %s", __version__, exp.root, exp.cfg.experiment.branch)
     try:
-        build_server(exp).run()
+        anyio.run(serve_stdio, build_server(opener))
     finally:
-        exp.close()
+        opener.close()
+    if opener.experiment is None and opener.error is not None:
+        raise opener.error  # never opened: say why, and exit non-zero
     return 0
 
 
@@ -67,6 +78,8 @@ def _metric_spec(spec: str, default_direction: str) -> tuple[str, str]:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from .config import CONFIG_FILE, starter_config
+
     repo = _repo(args)
     path = repo / CONFIG_FILE
     if path.exists() and not args.force:
@@ -97,6 +110,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from . import guard, metrics
+    from .config import CONFIG_FILE, DEFAULT_ENV_ALLOWLIST, load_config
     from .runner import EvalProcess, RunSpec, build_env, read_tail
 
     repo = _repo(args)
@@ -157,6 +171,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _records(repo: Path):
+    from .config import load_config
     from .ledger import Ledger
 
     cfg = load_config(repo)
@@ -192,6 +207,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from . import report
+    from .config import load_config
 
     repo = _repo(args)
     cfg = load_config(repo)
