@@ -157,7 +157,9 @@ class Git:
         try:
             # maintenance.auto=false: no `git maintenance run --auto` after every experiment
             # (a few ms each); run `git gc` after a long run if the repository feels slow.
-            argv = ["git", "-c", "maintenance.auto=false", "commit", "--no-verify", "--cleanup=verbatim", "--only"]
+            # --quiet: no summary, whose diff stat nobody reads.
+            argv = ["git", "-c", "maintenance.auto=false", "commit"]
+            argv += ["--quiet", "--no-verify", "--cleanup=verbatim", "--only"]
             self._g.execute([*argv, "-m", message, "--", path], env=self._env())
         except git.GitCommandError as e:
             raise GitError(f"git commit failed: {(e.stderr or e.stdout or '').strip()[-500:]}") from None
