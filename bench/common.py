@@ -188,6 +188,75 @@ async def server_iteration(c: Client, value: str, per_tool: dict[str, list[float
     return time.perf_counter() - t_start
 
 
+class LeanClient:
+    """The least a client can do: newline-delimited JSON-RPC over the server's pipes, no
+    validation, blocking reads. Times the server with next to no client cost on top (the
+    SDK's client adds ~2.5 ms per call of its own on this machine)."""
+
+    def __init__(self, repo: Path) -> None:
+        self.proc = subprocess.Popen(
+            [installed_command(), "serve", "--repo", str(repo)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._id = 0
+        info = {"name": "lean", "version": "1"}
+        self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": info})
+        self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self.request("tools/list", {})
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._id += 1
+        self._send({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params})
+        assert self.proc.stdout is not None
+        while True:  # skip notifications (progress, logs)
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the server closed stdout during {method}")
+            msg = json.loads(line)
+            if msg.get("id") == self._id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method} failed: {msg['error']}")
+                return msg["result"]
+
+    def call(self, tool: str, **args: Any) -> dict[str, Any]:
+        res = self.request("tools/call", {"name": tool, "arguments": args})
+        if res.get("isError"):
+            raise RuntimeError(f"{tool} failed: {res['content']}")
+        return res["structuredContent"]
+
+    def iteration(self, value: str) -> float:
+        """One experiment through the five loop tools; returns its wall time."""
+        t0 = time.perf_counter()
+        self.call("write_target", content=value + "\n")
+        self.call("commit", description=f"try {value}")
+        res = self.call("run_eval")
+        while res["status"] == "running":
+            res = self.call("run_eval")
+        if res["status"] != "done":
+            raise RuntimeError(f"the eval did not finish cleanly: {res}")
+        self.call("decide")
+        self.call("log_result", notes=f"value {value}")
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(CALL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 async def baseline(c: Client) -> None:
     for tool in ("run_eval", "decide", "log_result"):
         await call(c, tool)

@@ -6,8 +6,9 @@ repository, in rotating order, one iteration each per round; half the iterations
 half revert. Timed in the same rounds, to split the server's figure: the eval alone (the
 floor both sides share), the same iteration through `loop.Experiment` in this process (the
 server without MCP), and the round trip of a read-only tool call (`budget_status`, the
-protocol's own cost per call), and the same for a bare MCPServer (bench/bare_server.py: the
-SDK's floor, client included).
+protocol's own cost per call), the same for a bare MCPServer (bench/bare_server.py: the
+SDK's floor, client included), and the server driven by a lean client (JSON lines over the
+pipes, no validation: the server's own cost without the SDK client's).
 
     python bench/loop_overhead.py [--iterations N] [--quick]
 """
@@ -26,6 +27,7 @@ from common import (
     LOOP_TOOLS,
     TARGET,
     Client,
+    LeanClient,
     Values,
     bare_server_params,
     baseline,
@@ -47,7 +49,7 @@ from autoexp_mcp.loop import Experiment
 
 TARGET_RATIO = 1.5
 GOAL_RATIO = 1.2
-SIDES = ("server", "raw", "eval", "inproc", "rtt", "bare")
+SIDES = ("server", "raw", "eval", "inproc", "rtt", "bare", "lean")
 
 
 def inproc_iteration(exp: Experiment, value: str) -> float:
@@ -79,16 +81,20 @@ async def run(iterations: int, warmup: int, json_out: Path | None, keep: bool) -
         srv_repo = make_repo(d / "server", {TARGET: "0\n", "autoexp.toml": config_text()})
         raw_repo = make_raw_repo(d / "raw", 0)
         inproc_repo = make_repo(d / "inproc", {TARGET: "0\n", "autoexp.toml": config_text()})
+        lean_repo = make_repo(d / "lean", {TARGET: "0\n", "autoexp.toml": config_text()})
         t: dict[str, list[float]] = {side: [] for side in SIDES}
         per_tool: dict[str, list[float]] = {}
         exp = Experiment(inproc_repo)
+        lean = LeanClient(lean_repo)
         try:
             async with Client(server_params(srv_repo)) as c, Client(bare_server_params()) as bare:
                 await baseline(c)
                 exp.run_eval(60)
                 exp.decide()
                 exp.log_result()
-                values = {"server": Values(0), "raw": Values(0), "inproc": Values(0)}
+                for tool in ("run_eval", "decide", "log_result"):
+                    lean.call(tool)
+                values = {"server": Values(0), "raw": Values(0), "inproc": Values(0), "lean": Values(0)}
                 for i in range(warmup + iterations):
                     counted = i >= warmup
                     for side in SIDES[i % len(SIDES) :] + SIDES[: i % len(SIDES)]:  # rotate the order
@@ -102,12 +108,15 @@ async def run(iterations: int, warmup: int, json_out: Path | None, keep: bool) -
                             dt = await round_trip(c, "budget_status")
                         elif side == "bare":
                             dt = await round_trip(bare, "ping")
+                        elif side == "lean":
+                            dt = lean.iteration(values[side].next())
                         else:
                             dt = eval_alone(raw_repo)
                         if counted:
                             t[side].append(dt)
         finally:
             exp.close()
+            lean.close()
         ms = {side: median_ms(t[side]) for side in SIDES}
         srv_ms, raw_ms = ms["server"], ms["raw"]
         ratio = srv_ms / raw_ms
@@ -118,6 +127,10 @@ async def run(iterations: int, warmup: int, json_out: Path | None, keep: bool) -
         print(f"  loop.Experiment in process:   {ms['inproc']:8.1f} ms/iteration (the server without MCP)")
         print(f"  budget_status round trip:     {ms['rtt']:8.1f} ms/call (x5 = {5 * ms['rtt']:.1f} ms/iteration)")
         print(f"  bare MCPServer ping:          {ms['bare']:8.1f} ms/call (the SDK's floor per call, client included)")
+        print(
+            f"  server, lean client:          {ms['lean']:8.1f} ms/iteration = {ms['lean'] / raw_ms:.3f} x raw "
+            "(bare JSON lines over the pipes: the server's own cost, without the SDK client's)"
+        )
         print(
             f"  overhead above the eval:      server {srv_ms - ms['eval']:.1f} ms "
             f"(in process {ms['inproc'] - ms['eval']:.1f} + MCP {srv_ms - ms['inproc']:.1f}), "
