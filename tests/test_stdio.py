@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
+import tty
 from pathlib import Path
 from typing import Any
 
@@ -187,23 +189,20 @@ def test_while_serving_stdout_and_stdin_are_kept_away_from_the_protocol(make_rep
         assert client.close() == 0
 
 
-def test_a_server_fed_from_a_file_answers_through_the_sdk_transport(make_repo: MakeRepo, tmp_path: Path) -> None:
-    requests = tmp_path / "requests.jsonl"
-    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "file", "version": "1"}}
-    requests.write_text(
-        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init})
-        + "\n"
-        + json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        + "\n"
-        + json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}})
-        + "\n"
-    )
-    with requests.open("rb") as stdin:  # a regular file: the event loop cannot wait on it
-        client = RawClient(make_repo(), stdin=stdin)
-        answers = [client.recv(), client.recv()]
-        assert client.close() == 0
-    assert [a["id"] for a in answers] == [1, 2]
-    assert len(answers[1]["result"]["tools"]) == 7
+def test_a_server_on_a_terminal_answers_through_the_sdk_transport(make_repo: MakeRepo) -> None:
+    master, slave = os.openpty()  # a terminal: not a pipe, so the SDK's threaded reader serves it
+    tty.setraw(slave)
+    client = RawClient(make_repo(), stdin=slave)
+    os.close(slave)
+    client.proc.stdin = os.fdopen(master, "wb", buffering=0)  # type: ignore[assignment]
+    try:
+        assert client.initialize()["result"]["serverInfo"]["name"] == "autoexp"
+        assert len(client.request("tools/list")["result"]["tools"]) == 7
+        status = client.request("tools/call", {"name": "budget_status", "arguments": {}})["result"]
+        assert status["structuredContent"]["next"] == "run_eval"
+    finally:
+        client.proc.terminate()
+        assert client.close() == -signal.SIGTERM
 
 
 @pytest.mark.anyio

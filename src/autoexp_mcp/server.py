@@ -29,7 +29,7 @@ from .errors import AutoexpError, OrderError
 from .models import BudgetStatus, CommitResult, DecideResult, EvalView, LogResult, TargetView, WriteResult
 
 if TYPE_CHECKING:
-    from .loop import Experiment
+    from .loop import Experiment, _Job
 
 log = logging.getLogger("autoexp_mcp")
 
@@ -140,9 +140,9 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
             opener.start()
         return result
 
-    async def _call(op: Callable[[Experiment], T]) -> T:
+    async def _call(op: Callable[[Experiment], T], abandon_on_cancel: bool = False) -> T:
         try:
-            return await anyio.to_thread.run_sync(lambda: op(opener.get()))
+            return await anyio.to_thread.run_sync(lambda: op(opener.get()), abandon_on_cancel=abandon_on_cancel)
         except OrderError as e:
             raise ToolError(f"{e} (next: {e.next_tool})") from None
         except AutoexpError as e:
@@ -207,21 +207,28 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         tree: the baseline) and read the metrics from its output. Waits at most `wait_seconds`;
         if the eval is still going it returns status "running": call run_eval again, it keeps
         waiting on the same run. Next: decide."""
-        exp, job = await _call(lambda e: (e, e.start_eval()))
-        if job is not None:
-            limit = exp.wait_limit(wait_seconds)
-            deadline = anyio.current_time() + limit
-            total = exp.cfg.experiment.timeout * exp.cfg.policy.repeats
-            while not job.done.is_set():
-                remaining = deadline - anyio.current_time()
-                if remaining <= 0:
-                    break
-                await anyio.to_thread.run_sync(job.done.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True)
-                if not job.done.is_set():
-                    elapsed = job.elapsed()
-                    await ctx.report_progress(
-                        min(elapsed, total), total, f"eval run {job.run} running for {elapsed:.0f}s"
-                    )
+        started = anyio.current_time()
+
+        def start(e: Experiment) -> tuple[Experiment, _Job | None, EvalView | None]:
+            # One trip to a worker thread when the eval ends within the first wait (quick evals).
+            job = e.start_eval()
+            if job is not None and not job.done.wait(min(PROGRESS_EVERY_S, e.wait_limit(wait_seconds))):
+                return e, job, None
+            return e, job, e.eval_view()
+
+        exp, job, view = await _call(start, abandon_on_cancel=True)
+        if view is not None:
+            return view
+        assert job is not None
+        deadline = started + exp.wait_limit(wait_seconds)
+        total = exp.cfg.experiment.timeout * exp.cfg.policy.repeats
+        while not job.done.is_set():
+            elapsed = job.elapsed()
+            await ctx.report_progress(min(elapsed, total), total, f"eval run {job.run} running for {elapsed:.0f}s")
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            await anyio.to_thread.run_sync(job.done.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True)
         return await _call(lambda e: e.eval_view())
 
     @mcp.tool(title="Keep or revert", annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False))
