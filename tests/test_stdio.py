@@ -257,3 +257,19 @@ def test_the_in_process_server_module_does_not_import_git() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=WAIT_S)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_unexpected_failure_to_open_still_reaches_the_agent_and_the_exit_code(make_repo: MakeRepo) -> None:
+    repo = make_repo()
+    (repo / ".autoexp").write_text("a file where the server keeps its state\n")
+    client = RawClient(repo)
+    try:
+        client.initialize()
+        client.request("tools/list")
+        answer = client.request("tools/call", {"name": "read_target", "arguments": {}})["result"]
+        assert answer["isError"]
+        assert "cannot open the experiment: FileExistsError" in answer["content"][0]["text"]
+    finally:
+        rc = client.close()
+    assert rc != 0
+    assert "cannot open the experiment: FileExistsError" in client.err

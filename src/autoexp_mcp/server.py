@@ -91,6 +91,10 @@ class Opener:
                 self.error = e
                 log.error("cannot open the experiment: %s", e)
                 raise
+            except Exception as e:  # a bug or an OS error: still a message the agent can read
+                self.error = AutoexpError(f"cannot open the experiment: {type(e).__name__}: {e}")
+                log.exception("cannot open the experiment")
+                raise self.error from e
             self.error = None
             return self._exp
 
