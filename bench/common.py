@@ -193,12 +193,13 @@ class LeanClient:
     validation, blocking reads. Times the server with next to no client cost on top (the
     SDK's client adds ~2.5 ms per call of its own on this machine)."""
 
-    def __init__(self, repo: Path) -> None:
+    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [installed_command(), "serve", "--repo", str(repo)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env=env,
         )
         self._id = 0
         info = {"name": "lean", "version": "1"}

@@ -1,6 +1,7 @@
 """Two builds of the server side by side: the installed one and a modified copy of the package
 (a directory holding `autoexp_mcp/`, put first on the server's PYTHONPATH), each against the
-raw shell loop, interleaved in one run. Use it to check what a proposed change saves.
+raw shell loop, interleaved in one run, both driven by the lean client of loop_overhead.py.
+Use it to check what a proposed change saves.
 
     python bench/compare.py --candidate /path/to/src [--iterations N]
 """
@@ -12,33 +13,27 @@ import os
 import sys
 from pathlib import Path
 
-import anyio
 from common import (
     TARGET,
-    Client,
-    StdioServerParameters,
+    LeanClient,
     Values,
-    baseline,
     config_text,
     make_raw_repo,
     make_repo,
     median_ms,
     pin_environment,
     raw_iteration,
-    server_iteration,
-    server_params,
     workdir,
 )
 
 
-def candidate_params(repo: Path, src: Path) -> StdioServerParameters:
-    params = server_params(repo)
-    env = dict(params.env or {})
+def candidate_env(src: Path) -> dict[str, str]:
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
-    return StdioServerParameters(command=params.command, args=params.args, env=env)
+    return env
 
 
-async def run(candidate: Path, iterations: int, warmup: int) -> None:
+def run(candidate: Path, iterations: int, warmup: int) -> None:
     pin_environment()
     with workdir("autoexp-bench-compare-") as d:
         installed = make_repo(d / "installed", {TARGET: "0\n", "autoexp.toml": config_text()})
@@ -46,18 +41,23 @@ async def run(candidate: Path, iterations: int, warmup: int) -> None:
         raw = make_raw_repo(d / "raw", 0)
         t: dict[str, list[float]] = {"installed": [], "candidate": [], "raw": []}
         values = {name: Values(0) for name in t}
-        async with Client(server_params(installed)) as ci, Client(candidate_params(modified, candidate)) as cc:
-            await baseline(ci)
-            await baseline(cc)
+        clients = {"installed": LeanClient(installed), "candidate": LeanClient(modified, candidate_env(candidate))}
+        try:
+            for c in clients.values():
+                for tool in ("run_eval", "decide", "log_result"):
+                    c.call(tool)
             names = list(t)
             for i in range(warmup + iterations):
                 for name in names[i % 3 :] + names[: i % 3]:
                     if name == "raw":
                         dt = raw_iteration(raw, values[name].next())
                     else:
-                        dt = await server_iteration(ci if name == "installed" else cc, values[name].next())
+                        dt = clients[name].iteration(values[name].next())
                     if i >= warmup:
                         t[name].append(dt)
+        finally:
+            for c in clients.values():
+                c.close()
         ms = {name: median_ms(v) for name, v in t.items()}
         print(f"iterations: {iterations} per side (after {warmup} warm-up), rotating order; medians")
         for name in ("installed", "candidate"):
@@ -74,7 +74,7 @@ def main() -> int:
     args = ap.parse_args()
     if not (args.candidate / "autoexp_mcp" / "__init__.py").is_file():
         sys.exit(f"{args.candidate} does not hold an autoexp_mcp package")
-    anyio.run(run, args.candidate.resolve(), args.iterations, args.warmup)
+    run(args.candidate.resolve(), args.iterations, args.warmup)
     return 0
 
 
