@@ -194,6 +194,26 @@ def test_status_prints_the_phase_and_the_best_against_the_baseline(played: Path,
         assert status in res.stdout
 
 
+def test_status_json_gives_scripts_the_phase_the_best_and_whether_to_stop(played: Path, home: Path) -> None:
+    res = cli("status", "--repo", str(played), "--json", "--last", "2", home=home)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert (out["started"], out["tag"], out["phase"]) == (True, "t", "idle")
+    assert out["baseline"]["metrics"] == {"score": 1.0} and out["best"]["metrics"] == {"score": 5.0}
+    assert out["best"]["experiment"] == 5 and "values" not in out["best"]
+    budget = out["budget"]
+    assert (budget["experiments_used"], budget["experiments_left"], budget["stop"]) == (5, 45, False)
+    assert [row["status"] for row in out["last"]] == ["crash", "keep"]
+    assert [row["experiment"] for row in out["last"]] == [4, 5]
+
+
+def test_status_json_before_any_experiment(make_repo: MakeRepo, home: Path) -> None:
+    repo = make_repo()
+    res = cli("status", "--repo", str(repo), "--json", home=home)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"started": False, "repo": str(repo)}
+
+
 def test_status_before_any_experiment_says_how_to_start(make_repo: MakeRepo, home: Path) -> None:
     repo = make_repo()
     res = cli("status", "--repo", str(repo), home=home)

@@ -6,6 +6,8 @@ stdout belongs to the MCP protocol under `serve`; everything else may print free
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -186,7 +188,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg, records = _records(repo)
     st = load_state(repo)
     if st is None:
-        print(f"no experiment has started in {repo} yet (start the server: autoexp-mcp serve).")
+        if args.json:
+            print(json.dumps({"started": False, "repo": str(repo)}))
+        else:
+            print(f"no experiment has started in {repo} yet (start the server: autoexp-mcp serve).")
         return 0
     import time
 
@@ -195,6 +200,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         budget.Usage(st.experiments, st.consecutive_crashes, st.cost_usd, st.tokens_used, time.time() - st.started_at),
         stage_cfg.budget,
     )
+    if args.json:  # for scripts: e.g. a headless loop that relaunches the agent until stop is true
+        points = {name: getattr(st, name) for name in ("baseline", "best", "incumbent")}
+        out = {
+            "started": True,
+            "repo": str(repo),
+            "tag": st.tag,
+            "branch": st.branch,
+            "phase": str(st.phase),
+            "stage": st.stage,
+            **{name: p.model_dump(mode="json", exclude={"values"}) if p else None for name, p in points.items()},
+            "budget": dataclasses.asdict(view),
+            "last": [r.model_dump(mode="json") for r in records[-args.last :]] if args.last > 0 else [],
+        }
+        print(json.dumps(out, indent=1))
+        return 0
     line = (
         f"{view.experiments_used} experiments"
         + (f" of {stage_cfg.budget.max_experiments}" if stage_cfg.budget.max_experiments else "")
@@ -307,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="phase, best vs baseline, last rows, budget used")
     _repo_arg(p)
     p.add_argument("--last", type=int, default=10, help="how many recent rows to show")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object (for scripts)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="write report.md and progress.png")
