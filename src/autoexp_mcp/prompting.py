@@ -18,17 +18,6 @@ from .ledger import Record
 _DOMAIN_RE = re.compile(r"^[a-z0-9_-]{1,40}$")
 WARM_START_RECENT = 8
 
-INSTRUCTIONS = """\
-autoexp runs a guarded experiment loop on ONE target file of a git repository. The server
-measures the metric, keeps or reverts each change with git, logs results.tsv and enforces the
-budget. Loop: run_eval once on the untouched tree (the baseline) -> decide -> log_result; then
-repeat: read_target -> write_target (one hypothesis) -> commit (description = hypothesis) ->
-run_eval (call again while status is "running") -> decide -> log_result. Rules: change only the
-target and only through write_target; never edit other files, never run git or the eval
-yourself; follow `next` in every result; never report metrics (the server reads them); NEVER
-STOP until budget_status says stop: true or the human interrupts. The full instructions are the
-`autoexp` prompt; past results are the autoexp://results resource."""
-
 
 def domains() -> list[str]:
     d = asset_dir("prompts") / "domains"
