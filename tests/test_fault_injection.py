@@ -100,6 +100,8 @@ class StdioServer:
             timeout=START_S,
         )
         self._write({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        # As every client does next; the server opens the repository (and recovers) after it.
+        self.request("tools/list", {}, timeout=START_S)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
