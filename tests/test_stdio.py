@@ -273,3 +273,30 @@ def test_an_unexpected_failure_to_open_still_reaches_the_agent_and_the_exit_code
         rc = client.close()
     assert rc != 0
     assert "cannot open the experiment: FileExistsError" in client.err
+
+
+@pytest.mark.anyio
+async def test_calls_racing_for_an_unopened_repository_open_it_once(make_repo: MakeRepo) -> None:
+    from autoexp_mcp.loop import Experiment
+    from autoexp_mcp.server import Opener, build_server
+
+    repo = make_repo()
+    opened: list[Experiment] = []
+
+    def open_experiment() -> Experiment:
+        opened.append(Experiment(repo))
+        return opened[-1]
+
+    results: list[dict[str, Any]] = []
+    async with Client(build_server(Opener(open_experiment))) as c:
+
+        async def status() -> None:
+            results.append(await call(c, "budget_status"))
+
+        with anyio.fail_after(WAIT_S):
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(status)
+    assert len(opened) == 1
+    assert [r["next"] for r in results] == ["run_eval"] * 4
+    Experiment(repo).close()  # the server closed what it opened: the repository lock is free again
