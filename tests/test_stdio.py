@@ -3,6 +3,7 @@ handshake: what a client sees before, during and after the open."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -10,7 +11,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import tty
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import pytest
 from mcp import Client
 
 from autoexp_mcp.stdio import FdLineReader, FdWriter
-from conftest import GIT_ENV, MakeRepo, git
+from conftest import GIT_ENV, MakeRepo, git, harness_config
 from test_server import call, call_error, installed_command, stdio_params
 
 WAIT_S = 30.0
@@ -300,3 +303,37 @@ async def test_calls_racing_for_an_unopened_repository_open_it_once(make_repo: M
     assert len(opened) == 1
     assert [r["next"] for r in results] == ["run_eval"] * 4
     Experiment(repo).close()  # the server closed what it opened: the repository lock is free again
+
+
+def test_a_client_that_stops_reading_ends_the_session_and_the_eval(make_repo: MakeRepo) -> None:
+    marker = f"autoexp-stops-reading-{uuid.uuid4().hex[:8]}"
+    repo = make_repo(value="sleep 60 1", config=harness_config().replace("evaluate.py", f"evaluate.py {marker}", 1))
+    client = RawClient(repo)
+    try:
+        client.initialize()
+        client.request("tools/list")
+        answer = client.request("tools/call", {"name": "run_eval", "arguments": {"wait_seconds": 0.2}})
+        assert answer["result"]["structuredContent"]["status"] == "running"
+        assert eval_pids(marker)
+        assert client.proc.stdout is not None
+        client.proc.stdout.close()  # the client goes away without closing our stdin
+        client.send("tools/call", {"name": "budget_status", "arguments": {}})  # its answer hits a closed pipe
+    finally:
+        rc = client.close()
+    assert rc == 0, client.err
+    assert "the client stopped reading" in client.err and "Traceback" not in client.err
+    deadline = time.monotonic() + WAIT_S
+    while eval_pids(marker) and time.monotonic() < deadline:  # SIGKILL is asynchronous: bounded
+        time.sleep(0.02)
+    assert eval_pids(marker) == []
+
+
+def eval_pids(marker: str) -> list[int]:
+    """Live processes whose command line carries `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found

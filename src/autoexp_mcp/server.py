@@ -129,11 +129,12 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         try:
             yield opener
         finally:
-            # A client that left before listing the tools: still check the repository (and
-            # report what is wrong with it), as a server that opens it at start would.
-            await anyio.to_thread.run_sync(opener.settle)
-            if close_on_exit:
-                await anyio.to_thread.run_sync(opener.close)
+            with anyio.CancelScope(shield=True):  # also when the session ends by cancellation
+                # A client that left before listing the tools: still check the repository (and
+                # report what is wrong with it), as a server that opens it at start would.
+                await anyio.to_thread.run_sync(opener.settle)
+                if close_on_exit:
+                    await anyio.to_thread.run_sync(opener.close)
 
     async def open_after_listing(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
         # The handshake ends with tools/list: open the repository then, in the background, rather

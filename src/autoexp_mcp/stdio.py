@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
 READ_CHUNK = 256 * 1024
+log = logging.getLogger("autoexp_mcp")
 
 
 def _is_stream(fd: int) -> bool:
@@ -140,9 +142,12 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
 
 
 async def serve_stdio(mcp: MCPServer[Any]) -> None:
-    """Serve `mcp` over stdin and stdout until the client closes stdin."""
+    """Serve `mcp` over stdin and stdout until the client closes stdin or stops reading."""
     # What MCPServer.run_stdio_async does, on our streams; the SDK's in-memory client reaches
     # the low-level server the same way.
     lowlevel = mcp._lowlevel_server
-    async with stdio_streams() as (read_stream, write_stream):
-        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+    try:
+        async with stdio_streams() as (read_stream, write_stream):
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+    except* BrokenPipeError:  # the client closed its end of our stdout: the session is over
+        log.info("the client stopped reading; shutting down")
