@@ -83,7 +83,7 @@ async def drive(repo: Path, iterations: int, out: Path, rate: int, idle: bool) -
         for _ in range(3):
             await server_iteration(c, values.next())
         pid = server_pid()
-        args = ["py-spy", "record", "--pid", str(pid), "-r", str(rate), "-f", "raw", "-o", str(out), "--threads"]
+        args = [py_spy(), "record", "--pid", str(pid), "-r", str(rate), "-f", "raw", "-o", str(out), "--threads"]
         if idle:
             args.append("--idle")
         spy = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -101,6 +101,15 @@ async def drive(repo: Path, iterations: int, out: Path, rate: int, idle: bool) -
     return wall
 
 
+def py_spy() -> str:
+    """py-spy next to this interpreter (a venv not on PATH), else on PATH."""
+    here = Path(sys.executable).parent / "py-spy"
+    found = str(here) if here.exists() else shutil.which("py-spy")
+    if found is None:
+        sys.exit(f"py-spy is neither next to {sys.executable} nor on PATH: pip install py-spy")
+    return found
+
+
 def report(raw: Path, iterations: int, wall: float, rate: int, top: int, title: str) -> None:
     per_func, per_thread = inclusive(raw)
     per_iter_ms = wall / iterations * 1000
@@ -113,8 +122,7 @@ def report(raw: Path, iterations: int, wall: float, rate: int, top: int, title: 
 
 
 async def run(iterations: int, rate: int, top: int, out: Path | None) -> None:
-    if shutil.which("py-spy") is None:
-        sys.exit("py-spy is not on PATH: pip install py-spy")
+    py_spy()
     pin_environment()
     with workdir("autoexp-bench-profile-") as d:
         dest = out or d
