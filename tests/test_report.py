@@ -122,6 +122,11 @@ def test_summary_counts_statuses_and_finds_baseline_and_best(f1_run: list[Record
     assert t.improvement_pct == pytest.approx(25.0)
 
 
+def test_the_chart_title_counts_the_baseline_apart_as_the_legend_does(f1_run: list[Record]) -> None:
+    title = report.chart_title(report.summarize(f1_run, F1), "f1")
+    assert title == "autoexp f1: 9 experiments: the baseline, 3 keep, 2 discard, 1 crash, 1 timeout, 1 explore"
+
+
 def test_keep_gains_are_measured_against_the_incumbent_an_explore_installed(f1_run: list[Record]) -> None:
     (t,) = report.summarize(f1_run, F1).tracks
     kept = [(s.record.experiment, s.record.status, s.gain) for s in t.kept]

@@ -777,6 +777,16 @@ def _draw_pareto(ax: Axes, t: Track) -> None:
     ax.legend(loc="best", fontsize=8, framealpha=0.85)
 
 
+def chart_title(s: Summary, tag: str) -> str:
+    """The chart's title. It counts the baselines apart, as the legend draws them apart: a
+    baseline is logged as a keep, but it is no change that was kept."""
+    counts = dict(s.counts)
+    bases = sum(1 for t in s.tracks if t.baseline is not None and t.baseline.record.status == "keep")
+    counts["keep"] = counts.get("keep", 0) - bases
+    lead = "" if not bases else "the baseline, " if bases == 1 else f"{bases} baselines, "
+    return f"autoexp {tag}: {_plural(s.experiments, 'experiment')}: {lead}{_counts_line(counts)}"
+
+
 def render_chart(records: Sequence[Record], cfg: Config, out: Path) -> Path:
     """Draw progress.png: the objective per experiment with the running best (and, for
     two-metric policies, metric 1 vs metric 2 with the Pareto front). Returns `out`."""
@@ -803,9 +813,7 @@ def render_chart(records: Sequence[Record], cfg: Config, out: Path) -> Path:
         _draw_pareto(flat[len(tracks)], tracks[0])
     for ax in flat[panels:]:
         ax.set_visible(False)
-    fig.suptitle(
-        f"autoexp {cfg.experiment.tag}: {_plural(s.experiments, 'experiment')}, {_counts_line(s.counts)}", fontsize=12
-    )
+    fig.suptitle(chart_title(s, cfg.experiment.tag), fontsize=12)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".progress-", suffix=".png", dir=out.parent)
