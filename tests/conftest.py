@@ -5,6 +5,7 @@ Nothing here touches the real $HOME or global git config.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -83,6 +84,18 @@ def _pinned_git(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPa
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+
+
+def cmdline_pids(marker: str) -> list[int]:
+    """Live processes whose command line carries `marker` (a zombie's is empty)."""
+    found = []
+    needle = marker.encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if needle in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
 
 
 def git(repo: Path, *args: str) -> str:

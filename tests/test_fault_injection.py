@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from autoexp_mcp.verify import verify
-from conftest import GIT_ENV, MakeRepo, git, harness_config
+from conftest import GIT_ENV, MakeRepo, cmdline_pids, git, harness_config
 
 pytestmark = pytest.mark.slow
 
@@ -45,20 +45,6 @@ def installed_command() -> str:
 
 def server_env() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ["HOME"], **GIT_ENV}
-
-
-def pids_with(marker: str) -> list[int]:
-    """Live processes whose command line carries `marker` (zombies have none)."""
-    found = []
-    needle = marker.encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -312,7 +298,7 @@ class FaultInjector:
         res = self.server.call("run_eval", wait_seconds=0)
         assert res["status"] == "running", res
         self.check_fresh_run(res)
-        wait_until(lambda: pids_with(self.marker), GONE_S, "the eval to start")
+        wait_until(lambda: cmdline_pids(self.marker), GONE_S, "the eval to start")
         time.sleep(self.rnd.uniform(0, SLOW_EVAL_S))  # a random point of the eval
         self.plan[("run_eval", "mid-eval")] -= 1
         self.kill_and_restart("run_eval:mid-eval")
@@ -367,7 +353,7 @@ class FaultInjector:
         else:
             assert head == st["pending"]["commit"], ("the branch is at the pending experiment", st["phase"])
         assert (self.repo / "evaluate.py").read_bytes() == self.harness
-        wait_until(lambda: not pids_with(self.marker), GONE_S, "the restart to stop the killed server's eval")
+        wait_until(lambda: not cmdline_pids(self.marker), GONE_S, "the restart to stop the killed server's eval")
 
 
 @pytest.mark.timeout(600)
@@ -398,7 +384,7 @@ def test_sigkill_at_every_phase_boundary_and_mid_eval_loses_nothing(make_repo: M
     assert not any(fi.plan.values()), fi.plan
     assert fi.rows() == list(range(1, fi.logged + 1))
     assert verify(repo) == []
-    wait_until(lambda: not pids_with(marker), GONE_S, "no eval process to remain")
+    wait_until(lambda: not cmdline_pids(marker), GONE_S, "no eval process to remain")
 
 
 # --- an eval whose grandchildren ignore SIGTERM ----------------------------------------------
@@ -433,7 +419,7 @@ def start_stubborn_eval(repo: Path, marker: str) -> StdioServer:
     server = StdioServer(repo, repo.parent / "stderr.log")
     assert server.call("run_eval", wait_seconds=0)["status"] == "running"
     # The eval, its three stubborn descendants: all up.
-    wait_until(lambda: len(pids_with(marker)) >= 4, GONE_S, "the eval and its grandchildren")
+    wait_until(lambda: len(cmdline_pids(marker)) >= 4, GONE_S, "the eval and its grandchildren")
     return server
 
 
@@ -443,7 +429,7 @@ def test_no_process_of_the_eval_remains_after_its_timeout(stubborn_repo: tuple[P
     try:
         res = server.call("run_eval", wait_seconds=30)
         assert res["status"] == "timeout"
-        wait_until(lambda: not pids_with(marker), GONE_S, "the eval's processes to be killed")
+        wait_until(lambda: not cmdline_pids(marker), GONE_S, "the eval's processes to be killed")
     finally:
         server.close()
 
@@ -458,10 +444,10 @@ def test_no_process_of_the_eval_remains_after_the_server_goes(stubborn_repo: tup
         server.terminate()
     else:
         server.kill()
-        assert len(pids_with(marker)) >= 4, "SIGKILL gives the server no chance to clean up ..."
+        assert len(cmdline_pids(marker)) >= 4, "SIGKILL gives the server no chance to clean up ..."
         server = StdioServer(repo, repo.parent / "stderr.log")  # ... so the next start does
         try:
-            wait_until(lambda: not pids_with(marker), GONE_S, "the restart to kill the old eval")
+            wait_until(lambda: not cmdline_pids(marker), GONE_S, "the restart to kill the old eval")
         finally:
             server.close()
-    wait_until(lambda: not pids_with(marker), GONE_S, "the eval's processes to be killed")
+    wait_until(lambda: not cmdline_pids(marker), GONE_S, "the eval's processes to be killed")

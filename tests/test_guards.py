@@ -34,7 +34,7 @@ from autoexp_mcp.loop import Experiment
 from autoexp_mcp.server import build_server
 from autoexp_mcp.state import Phase, load_state
 from autoexp_mcp.verify import verify
-from conftest import GIT_ENV, HARNESS, MakeRepo, git, harness_config, init_repo, play
+from conftest import GIT_ENV, HARNESS, MakeRepo, cmdline_pids, git, harness_config, init_repo, play
 
 CALL_TIMEOUT_S = 30.0
 SCORE_1000 = "print('score: 1000')\n"
@@ -1006,16 +1006,6 @@ ESCAPE_HARNESS = textwrap.dedent(
     print("score: 1")
     """
 )
-
-
-def cmdline_pids(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-    return found
 
 
 def run_escape(make_repo: MakeRepo, how: str) -> list[int]:

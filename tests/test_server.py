@@ -16,7 +16,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.server import build_server
-from conftest import GIT_ENV, MakeRepo, git
+from conftest import GIT_ENV, MakeRepo, cmdline_pids, git
 
 pytestmark = pytest.mark.anyio
 
@@ -232,18 +232,6 @@ async def test_stdio_server_restarted_mid_eval_reruns_it(make_repo: MakeRepo) ->
     assert len(records) == 1
 
 
-def _eval_pids(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 async def test_server_exit_kills_the_eval_process_group(make_repo: MakeRepo) -> None:
     marker = f"autoexp-test-sleeper-{os.getpid()}"
     harness = (
@@ -257,10 +245,10 @@ async def test_server_exit_kills_the_eval_process_group(make_repo: MakeRepo) -> 
         ev = await call(c, "run_eval", wait_seconds=0.5)
         assert ev["status"] == "running"
         with anyio.fail_after(10):
-            while not _eval_pids(marker):
+            while not cmdline_pids(marker):
                 await anyio.sleep(0.05)
     with anyio.fail_after(10):
-        while _eval_pids(marker):
+        while cmdline_pids(marker):
             await anyio.sleep(0.05)
 
 

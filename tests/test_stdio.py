@@ -3,7 +3,6 @@ handshake: what a client sees before, during and after the open."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -22,7 +21,7 @@ import pytest
 from mcp import Client
 
 from autoexp_mcp.stdio import FdLineReader, FdWriter
-from conftest import GIT_ENV, MakeRepo, git, harness_config
+from conftest import GIT_ENV, MakeRepo, cmdline_pids, git, harness_config
 from test_server import call, call_error, installed_command, stdio_params
 
 WAIT_S = 30.0
@@ -314,7 +313,7 @@ def test_a_client_that_stops_reading_ends_the_session_and_the_eval(make_repo: Ma
         client.request("tools/list")
         answer = client.request("tools/call", {"name": "run_eval", "arguments": {"wait_seconds": 0.2}})
         assert answer["result"]["structuredContent"]["status"] == "running"
-        assert eval_pids(marker)
+        assert cmdline_pids(marker)
         assert client.proc.stdout is not None
         client.proc.stdout.close()  # the client goes away without closing our stdin
         client.send("tools/call", {"name": "budget_status", "arguments": {}})  # its answer hits a closed pipe
@@ -323,17 +322,6 @@ def test_a_client_that_stops_reading_ends_the_session_and_the_eval(make_repo: Ma
     assert rc == 0, client.err
     assert "the client stopped reading" in client.err and "Traceback" not in client.err
     deadline = time.monotonic() + WAIT_S
-    while eval_pids(marker) and time.monotonic() < deadline:  # SIGKILL is asynchronous: bounded
+    while cmdline_pids(marker) and time.monotonic() < deadline:  # SIGKILL is asynchronous: bounded
         time.sleep(0.02)
-    assert eval_pids(marker) == []
-
-
-def eval_pids(marker: str) -> list[int]:
-    """Live processes whose command line carries `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-    return found
+    assert cmdline_pids(marker) == []
