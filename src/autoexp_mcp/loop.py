@@ -261,7 +261,8 @@ class Experiment:
             shown = ", ".join(changed[:20]) + (f" and {len(changed) - 20} more" if len(changed) > 20 else "")
             raise DirtyTreeError(
                 f"the working tree has uncommitted changes to tracked files: {shown}. Commit or stash them "
-                "first; autoexp-mcp only starts from a clean tree so that every result is reproducible."
+                "first (no restart needed: the next tool call checks again); autoexp-mcp only starts from a "
+                "clean tree so that every result is reproducible."
             )
 
     def _check_target_tracked(self) -> None:
