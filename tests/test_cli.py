@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from autoexp_mcp.loop import Experiment
-from conftest import GIT_ENV, HARNESS, MakeRepo, git, harness_config, init_repo, play
+from conftest import GIT_ENV, HARNESS, MakeRepo, baseline, git, harness_config, init_repo, play
 
 CLI_TIMEOUT_S = 60.0
 DEMO_TIMEOUT_S = 120.0
@@ -86,9 +86,7 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> Path:
         repo = init_repo(tmp_path_factory.mktemp("played") / "repo", files)
         exp = Experiment(repo)
         try:
-            exp.run_eval(30)
-            exp.decide()
-            exp.log_result()
+            baseline(exp)
             for value, expected in [("3", "keep"), ("2", "discard"), ("crash", "crash"), ("5", "keep")]:
                 assert play(exp, value)[1] == expected
         finally:

@@ -34,7 +34,7 @@ from autoexp_mcp.loop import Experiment
 from autoexp_mcp.server import build_server
 from autoexp_mcp.state import Phase, load_state
 from autoexp_mcp.verify import verify
-from conftest import GIT_ENV, HARNESS, MakeRepo, cmdline_pids, git, harness_config, init_repo, play
+from conftest import GIT_ENV, HARNESS, MakeRepo, baseline, cmdline_pids, git, harness_config, init_repo, play
 
 CALL_TIMEOUT_S = 30.0
 SCORE_1000 = "print('score: 1000')\n"
@@ -43,12 +43,6 @@ SCORE_1000 = "print('score: 1000')\n"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def baseline(exp: Experiment) -> None:
-    assert exp.run_eval(30).status == "done"
-    exp.decide()
-    exp.log_result()
 
 
 def head(repo: Path) -> str:

@@ -11,7 +11,7 @@ import pytest
 from autoexp_mcp.errors import BudgetExhausted, DirtyTreeError, GuardError, IntegrityError, LockError, OrderError
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.state import Phase, load_state
-from conftest import MakeRepo, git, harness_config, play
+from conftest import MakeRepo, baseline, git, harness_config, play
 
 
 def tsv_rows(repo: Path) -> list[list[str]]:
@@ -137,9 +137,7 @@ def test_tools_refuse_out_of_order_and_name_the_next(experiment: Experiment) -> 
 
 def test_commit_refuses_an_unchanged_target_and_an_empty_description(experiment: Experiment) -> None:
     exp = experiment
-    exp.run_eval(30)
-    exp.decide()
-    exp.log_result()
+    baseline(exp)
     exp.write_target(content="1\n")
     with pytest.raises(GuardError, match="identical to the incumbent"):
         exp.commit("same")
@@ -151,9 +149,7 @@ def test_commit_refuses_an_unchanged_target_and_an_empty_description(experiment:
 def test_edits_must_match_exactly_once_and_leave_the_file_alone_otherwise(make_repo: MakeRepo) -> None:
     exp = Experiment(make_repo(value="10 # ten ten"))
     try:
-        exp.run_eval(30)
-        exp.decide()
-        exp.log_result()
+        baseline(exp)
         with pytest.raises(GuardError, match="occurs 2 times"):
             exp.write_target(edits=[("ten", "nine")])
         with pytest.raises(GuardError, match="does not occur"):
@@ -169,9 +165,7 @@ def test_edits_must_match_exactly_once_and_leave_the_file_alone_otherwise(make_r
 def test_budget_exhaustion_stops_new_experiments(make_repo: MakeRepo) -> None:
     exp = Experiment(make_repo(max_experiments=3))
     try:
-        exp.run_eval(30)
-        exp.decide()
-        exp.log_result()
+        baseline(exp)
         play(exp, "2")
         status = exp.budget_status()
         assert (status.stop, status.experiments_left) == (False, 1)
@@ -188,9 +182,7 @@ def test_budget_exhaustion_stops_new_experiments(make_repo: MakeRepo) -> None:
 def test_consecutive_crashes_stop_the_loop_and_a_success_resets_the_count(make_repo: MakeRepo) -> None:
     exp = Experiment(make_repo(crashes=2))
     try:
-        exp.run_eval(30)
-        exp.decide()
-        exp.log_result()
+        baseline(exp)
         play(exp, "crash")
         assert exp.budget_status().consecutive_crashes == 1
         play(exp, "4")
@@ -235,9 +227,7 @@ def test_start_refuses_a_dirty_tree_and_lists_the_files(make_repo: MakeRepo) -> 
 
 def test_harness_edit_behind_the_servers_back_is_refused_and_restored(experiment: Experiment) -> None:
     exp = experiment
-    exp.run_eval(30)
-    exp.decide()
-    exp.log_result()
+    baseline(exp)
     exp.write_target(content="2\n")
     original = (exp.root / "evaluate.py").read_text()
     (exp.root / "evaluate.py").write_text("print('score: 1000')\n")
@@ -250,9 +240,7 @@ def test_harness_edit_behind_the_servers_back_is_refused_and_restored(experiment
 
 def test_harness_changed_during_the_run_is_a_crash(experiment: Experiment) -> None:
     exp = experiment
-    exp.run_eval(30)
-    exp.decide()
-    exp.log_result()
+    baseline(exp)
     status, decision = play(exp, "touch evaluate.py")
     assert (status, decision) == ("crash", "crash")
     row = json.loads((exp.root / "experiments.jsonl").read_text().splitlines()[-1])
@@ -270,9 +258,7 @@ def test_a_second_server_on_the_same_repository_is_refused(experiment: Experimen
 def test_a_restart_resumes_the_branch_and_the_ledger(make_repo: MakeRepo) -> None:
     repo = make_repo()
     exp = Experiment(repo)
-    exp.run_eval(30)
-    exp.decide()
-    exp.log_result()
+    baseline(exp)
     play(exp, "3")
     exp.close()
     git(repo, "checkout", "-q", "main")
@@ -291,9 +277,7 @@ def test_a_restart_resumes_the_branch_and_the_ledger(make_repo: MakeRepo) -> Non
 def test_a_restart_at_any_phase_loses_nothing_and_logs_nothing_twice(make_repo: MakeRepo, stop_at: str) -> None:
     repo = make_repo(value="1")
     exp = Experiment(repo)
-    exp.run_eval(30)
-    exp.decide()
-    exp.log_result()
+    baseline(exp)
     exp.write_target(content="sleep 0.5 6\n")
     if stop_at != "edited":
         exp.commit("six, slowly")
@@ -347,9 +331,7 @@ def test_a_crash_between_ledger_append_and_state_write_is_not_logged_twice(make_
 def test_a_commit_made_but_not_recorded_comes_back_as_an_uncommitted_edit(make_repo: MakeRepo) -> None:
     repo = make_repo()
     exp = Experiment(repo)
-    exp.run_eval(30)
-    exp.decide()
-    exp.log_result()
+    baseline(exp)
     exp.write_target(content="8\n")
     exp.close()
     git(repo, "commit", "-q", "-am", "made by hand")  # as if killed after git commit
@@ -381,9 +363,7 @@ def test_the_baseline_crash_asks_for_the_baseline_again(make_repo: MakeRepo) -> 
 def test_a_new_tag_archives_the_previous_ledger(make_repo: MakeRepo) -> None:
     repo = make_repo()
     exp = Experiment(repo)
-    exp.run_eval(30)
-    exp.decide()
-    exp.log_result()
+    baseline(exp)
     exp.close()
     cfg = (repo / "autoexp.toml").read_text().replace('tag = "t"', 'tag = "t2"')
     git(repo, "checkout", "-q", "main")
@@ -401,9 +381,7 @@ def test_a_new_tag_archives_the_previous_ledger(make_repo: MakeRepo) -> None:
 def test_starting_from_a_previous_best_commit(make_repo: MakeRepo) -> None:
     repo = make_repo(config=harness_config())
     exp = Experiment(repo)
-    exp.run_eval(30)
-    exp.decide()
-    exp.log_result()
+    baseline(exp)
     play(exp, "5")
     best = git(repo, "rev-parse", "HEAD")
     exp.close()

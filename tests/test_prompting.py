@@ -7,7 +7,7 @@ import pytest
 from autoexp_mcp import prompting
 from autoexp_mcp.errors import ConfigError
 from autoexp_mcp.loop import Experiment
-from conftest import MakeRepo, harness_config, play
+from conftest import MakeRepo, baseline, harness_config, play
 
 
 def test_every_domain_renders_without_placeholders_left(make_repo: MakeRepo) -> None:
@@ -41,9 +41,7 @@ def test_a_user_template_replaces_the_generic_one(make_repo: MakeRepo) -> None:
     config = harness_config().replace('tag = "t"', 'tag = "t"\nprompt_template = "my_prompt.md"')
     exp = Experiment(make_repo(config=config, files={"my_prompt.md": template}))
     try:
-        exp.run_eval(30)
-        exp.decide()
-        exp.log_result()
+        baseline(exp)
         play(exp, "crash")
         text = exp.render_prompt()
         assert text.startswith("Improve value.txt for score (higher is better); budget: 50 experiments")
@@ -56,9 +54,7 @@ def test_warm_start_lists_the_best_and_what_was_reverted(make_repo: MakeRepo) ->
     exp = Experiment(make_repo())
     try:
         assert "No experiments yet." in exp.render_prompt()
-        exp.run_eval(30)
-        exp.decide()
-        exp.log_result()
+        baseline(exp)
         play(exp, "4", "raise to four")
         play(exp, "2", "drop to two")
         text = exp.render_prompt()

@@ -15,7 +15,7 @@ import pytest
 from autoexp_mcp.ledger import GENESIS_HASH, Ledger, Record, record_hash
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.verify import verify
-from conftest import GIT_ENV, git, harness_config, init_repo, play
+from conftest import GIT_ENV, baseline, git, harness_config, init_repo, play
 
 # The template run: line 1 baseline (keep), 2 keep, 3 discard, 4 crash, 5 keep.
 PLAYS = ["3", "2", "crash", "5"]
@@ -39,9 +39,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         )
         exp = Experiment(repo)
         try:
-            exp.run_eval(30)
-            exp.decide()
-            exp.log_result()
+            baseline(exp)
             for value in PLAYS:
                 play(exp, value)
         finally:
