@@ -226,6 +226,7 @@ def test_commit_refuses_a_harness_edited_before_commit_and_lists_it(exp_after_ba
     with pytest.raises(IntegrityError, match="before commit") as e:
         exp.commit("two")
     assert set(e.value.files) == {"evaluate.py", "autoexp.toml"}
+    assert "evaluate.py" in str(e.value) and "autoexp.toml" in str(e.value), "the message names them too"
     assert (repo / "evaluate.py").read_text() == original
     assert (repo / "autoexp.toml").read_text() == config
     assert head(repo) == incumbent

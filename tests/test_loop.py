@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autoexp_mcp.errors import BudgetExhausted, DirtyTreeError, GuardError, IntegrityError, LockError, OrderError
+from autoexp_mcp.errors import BudgetExhausted, DirtyTreeError, GuardError, OrderError
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.state import Phase, load_state
 from conftest import MakeRepo, baseline, git, harness_config, play
@@ -223,36 +223,6 @@ def test_start_refuses_a_dirty_tree_and_lists_the_files(make_repo: MakeRepo) -> 
     git(repo, "checkout", "--", "evaluate.py")
     (repo / "notes.txt").write_text("mine")
     Experiment(repo).close()
-
-
-def test_harness_edit_behind_the_servers_back_is_refused_and_restored(experiment: Experiment) -> None:
-    exp = experiment
-    baseline(exp)
-    exp.write_target(content="2\n")
-    original = (exp.root / "evaluate.py").read_text()
-    (exp.root / "evaluate.py").write_text("print('score: 1000')\n")
-    with pytest.raises(IntegrityError, match="evaluate.py"):
-        exp.commit("try 2")
-    assert (exp.root / "evaluate.py").read_text() == original
-    assert exp.read_target().content == "2\n", "the target edit survives"
-    exp.commit("try 2")
-
-
-def test_harness_changed_during_the_run_is_a_crash(experiment: Experiment) -> None:
-    exp = experiment
-    baseline(exp)
-    status, decision = play(exp, "touch evaluate.py")
-    assert (status, decision) == ("crash", "crash")
-    row = json.loads((exp.root / "experiments.jsonl").read_text().splitlines()[-1])
-    assert "harness changed during the run" in row["reason"] and "evaluate.py" in row["reason"]
-    assert not (exp.root / "evaluate.py").read_text().endswith("tampered\n"), "restored from the commit"
-
-
-def test_a_second_server_on_the_same_repository_is_refused(experiment: Experiment) -> None:
-    import os
-
-    with pytest.raises(LockError, match=f"pid {os.getpid()}"):
-        Experiment(experiment.root)
 
 
 def test_a_restart_resumes_the_branch_and_the_ledger(make_repo: MakeRepo) -> None:
