@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the regex example with a scripted agent over real MCP")
     p.add_argument("--experiments", type=int, default=12, help="how many experiments after the baseline")
-    p.add_argument("--keep", type=Path, default=None, help="create the demo repository here and keep it")
+    p.add_argument("--keep", type=Path, default=None, help="where to create the demo repo (default: a new temp dir)")
     p.set_defaults(func=cmd_demo)
     return ap
 

@@ -65,15 +65,13 @@ def _check_name(name: str) -> str:
     return name
 
 
-def server_entry(
-    exe: Path, repo: Path, name: str = DEFAULT_NAME, *, env: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """The client-neutral entry: absolute executable, `serve --repo <absolute repo>`, env."""
+def server_entry(exe: Path, repo: Path, name: str = DEFAULT_NAME) -> dict[str, Any]:
+    """The client-neutral entry: absolute executable, `serve --repo <absolute repo>`, no env."""
     _check_name(name)
     return {
         "command": str(Path(exe).absolute()),
         "args": ["serve", "--repo", str(Path(repo).resolve())],
-        "env": dict(env or {}),
+        "env": {},
     }
 
 
@@ -216,10 +214,6 @@ def _backup(path: Path) -> Path:
     return backup
 
 
-def _atomic_write(path: Path, text: str, mode: int) -> None:
-    atomic_write_file(path, text.encode("utf-8"), mode)
-
-
 def _default_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -268,5 +262,5 @@ def write_config(s: Snippet, *, name: str = DEFAULT_NAME) -> Path | None:
     doc[container_key] = merged
     backup = _backup(path) if existed else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, _dump(doc, s.format), mode)
+    atomic_write_file(path, _dump(doc, s.format).encode("utf-8"), mode)
     return backup

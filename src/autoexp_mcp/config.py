@@ -364,10 +364,6 @@ def load_config(repo: Path) -> Config:
     return parse_config(data, str(path))
 
 
-def dump_config(data: dict[str, Any]) -> str:
-    return tomli_w.dumps(data)
-
-
 def starter_config(
     *,
     tag: str,

@@ -102,10 +102,8 @@ def run_demo(experiments: int = 12, keep: Path | None = None) -> int:
     import anyio
 
     moves = json.loads((asset_dir("examples") / "regex" / "moves.json").read_text(encoding="utf-8"))["moves"]
-    tmp = None
     if keep is None:
-        tmp = tempfile.mkdtemp(prefix="autoexp-demo-")
-        repo = Path(tmp)
+        repo = Path(tempfile.mkdtemp(prefix="autoexp-demo-"))
     else:
         repo = keep.resolve()
         repo.mkdir(parents=True, exist_ok=True)

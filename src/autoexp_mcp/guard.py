@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import GuardError, IntegrityError
+from .errors import GuardError
 
 MAX_EDITS = 100
 # The server's own files change on every call; a broad glob ("**") must not count them as data.
@@ -219,15 +219,3 @@ class Protected:
         if refreshed:
             self._save()
         return bad
-
-    def digest(self) -> str:
-        return sha256(json.dumps({k: v.sha for k, v in sorted(self._entries.items())}).encode())
-
-    def check(self) -> None:
-        bad = self.violations()
-        if bad:
-            raise IntegrityError(
-                "protected data files changed: " + ", ".join(bad[:20]) + ". autoexp-mcp never deletes "
-                "or rewrites untracked files: restore them as they were, then call the tool again.",
-                bad,
-            )

@@ -23,7 +23,6 @@ from .gitops import Git
 from .state import load_state
 
 _SHORT_SHA_RE = re.compile(r"^[0-9a-f]{4,40}$")
-KEPT = ("keep", "explore")
 MAX_PROBLEMS = 200  # a wholly rewritten file would otherwise print one line per row and column
 
 
@@ -42,7 +41,8 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[_Line]:
     prev: _Line | None = None
     prev_lineno = 0  # the last line that held anything, parsed or not
     last_number: dict[str | None, int] = {}
-    raw_lines = path.read_bytes().split(b"\n")
+    data = path.read_bytes()
+    raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
     for lineno, raw in enumerate(raw_lines, 1):
@@ -55,7 +55,7 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[_Line]:
                 raise ValueError("not an object")
             rec = ledger.Record.model_validate(payload)
         except (ValueError, ValidationError):
-            torn = lineno == len(raw_lines) and not path.read_bytes().endswith(b"\n")
+            torn = lineno == len(raw_lines) and not data.endswith(b"\n")
             why = "an incomplete record (a write cut short by a crash?)" if torn else "not a valid record (edited?)"
             problems.append(f"{where} line {lineno}: {why}")
             prev, prev_lineno = None, lineno
@@ -123,7 +123,7 @@ def _check_commits(git: Git, default_tag: str, lines: list[_Line], problems: lis
         if not _SHORT_SHA_RE.match(short):
             problems.append(f"{where} line {ln.lineno}: commit {short!r} is not a commit id")
             continue
-        if rec.status in KEPT:
+        if rec.status in ledger.KEPT_STATUSES:
             if commits is None:
                 problems.append(f"{where} line {ln.lineno}: kept commit {short}: branch {branch} does not exist")
             elif not any(c.startswith(short) for c in commits):
