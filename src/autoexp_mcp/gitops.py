@@ -111,6 +111,14 @@ class Git:
     def is_tracked(self, path: str) -> bool:
         return bool(str(self._g.ls_files("--error-unmatch", "--", path, with_exceptions=False)).strip())
 
+    def tree_listing(self, sha: str) -> str:
+        """`git ls-tree -r` of a recorded commit: one line per tracked file (mode, type, object, path)."""
+        return str(self._g.ls_tree("-r", "--full-tree", _sha(sha)))
+
+    def tracked_files(self) -> list[str]:
+        """Every path in the index, repo-relative."""
+        return [p for p in str(self._g.ls_files("-z")).split("\0") if p]
+
     def branch_commits(self, branch: str) -> set[str]:
         out = str(self._g.rev_list(f"refs/heads/{branch}"))
         return set(out.split())

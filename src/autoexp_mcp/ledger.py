@@ -26,6 +26,9 @@ MAX_TEXT_CHARS = 2000
 _TAIL_BYTES = 256 * 1024
 
 
+KEPT_STATUSES = ("keep", "explore")  # the statuses whose commit becomes the incumbent
+
+
 class Record(BaseModel):
     """One decided experiment, as written to experiments.jsonl."""
 

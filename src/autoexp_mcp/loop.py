@@ -272,9 +272,9 @@ class Experiment:
             raise GuardError(f"target {target} is not tracked by git. `git add {target}` and commit it first.")
 
     def _harness_hash(self, commit: str) -> str:
-        """Identifies what the metric is measured with: every tracked file but the target, and
-        the protected data (git tree of the commit without the target's entry)."""
-        out = str(self.git._g.ls_tree("-r", "--full-tree", commit))
+        """Identifies what the metric is measured with: every tracked file but the target (the git
+        tree of the commit without the target's entry). Protected untracked data is checked apart."""
+        out = self.git.tree_listing(commit)
         target = self.cfg.experiment.target
         lines = [ln for ln in out.splitlines() if ln.split("\t", 1)[-1] != target]
         h = hashlib.sha256("\n".join(lines).encode())
@@ -395,12 +395,12 @@ class Experiment:
         target = self.cfg.experiment.target
         bad: list[str] = []
         head = self.git.head()
-        fast = self._unchanged_since_clean(head, expected_head, target)
+        pre = self._tracked_stats()  # before git looks: a file changed meanwhile is not taken as clean
+        fast = self._unchanged_since_clean(head, expected_head, target, pre)
         if fast is not None:
             if seen is not None:
                 seen[:] = fast
             return self.protected.violations()
-        pre = self._tracked_stats()
         if head != expected_head:
             bad.append(f"HEAD moved to {head[:12]} (expected {expected_head[:12]})")
             if restore:
@@ -419,7 +419,7 @@ class Experiment:
 
     def _tracked_stats(self) -> dict[str, tuple[int, ...] | None] | None:
         if self._tracked is None:
-            self._tracked = [p for p in str(self.git._g.ls_files("-z")).split("\0") if p]
+            self._tracked = self.git.tracked_files()
         if len(self._tracked) > 2000:
             return None
         out: dict[str, tuple[int, ...] | None] = {}
@@ -432,12 +432,13 @@ class Experiment:
             out[rel] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         return out
 
-    def _unchanged_since_clean(self, head: str, expected: str, target: str) -> list[str] | None:
+    def _unchanged_since_clean(
+        self, head: str, expected: str, target: str, now: dict[str, tuple[int, ...] | None] | None
+    ) -> list[str] | None:
         """The changed tracked paths without running git, when no tracked file but the target
-        changed its stat since a clean check; None when git must look."""
+        changed its stat (`now`) since a clean check; None when git must look."""
         if head != expected or self._clean is None or self._clean[0] != target:
             return None
-        now = self._tracked_stats()
         if now is None or any(now.get(p) != s for p, s in self._clean[1].items() if p != target):
             return None
         try:
@@ -676,7 +677,7 @@ class Experiment:
                     d = policy.Decision("discard", "holdout", "held-out check failed: the change does not generalise")
                 if p.drift_note:
                     d = policy.Decision(d.status, d.rule, f"{d.reason} [{p.drift_note}]", d.margin, d.details)
-            kept = d.status in ("keep", "explore")
+            kept = d.kept
             p.decision = DecisionState(status=d.status, rule=d.rule, reason=d.reason, margin=d.margin)
             if kept:
                 st.incumbent = point
@@ -780,6 +781,7 @@ class Experiment:
                 fields["holdout"] = {"value": r.holdout, "passed": not r.holdout_failed, "hidden": True}
             rec = self.ledger.append(fields)
             self._advance_after_log(p, cost, int(tokens_used))
+            budget = self.budget_status()
             return LogResult(
                 row=Row(
                     experiment=rec.experiment,
@@ -792,8 +794,8 @@ class Experiment:
                     diff_lines=rec.diff_lines,
                     cost_usd=rec.cost_usd,
                 ),
-                budget=self.budget_status(),
-                next=self.next_tool(),
+                budget=budget,
+                next=budget.next,
             )
 
     def _advance_after_log(self, p: Pending, cost: float, tokens: int) -> None:
@@ -835,11 +837,10 @@ class Experiment:
         st.consecutive_crashes = 0
         st.incumbent = st.best = st.baseline = None
         st.start_commit = start
+        st.harness = self._harness_hash(start)  # from the commit: no need to wait for the reset
         self._save()
         self.git.reset_hard(start)
         self._check_target_tracked()
-        st.harness = self._harness_hash(start)
-        self._save()
 
     def budget_status(self) -> BudgetStatus:
         with self._lock:

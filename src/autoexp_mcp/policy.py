@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .config import Config, MetricConfig, PolicyConfig
+from .ledger import KEPT_STATUSES
 
 Status = Literal["keep", "discard", "explore", "crash", "timeout"]
 
@@ -88,7 +89,7 @@ class Decision:
     @property
     def kept(self) -> bool:
         """True when the candidate becomes the incumbent (keep or explore)."""
-        return self.status in ("keep", "explore")
+        return self.status in KEPT_STATUSES
 
 
 def _fmt(x: float) -> str:

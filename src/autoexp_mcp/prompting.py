@@ -13,7 +13,7 @@ from . import metrics as metricsmod
 from .assets import asset_dir
 from .config import Config
 from .errors import ConfigError
-from .ledger import Record
+from .ledger import KEPT_STATUSES, Record
 
 _DOMAIN_RE = re.compile(r"^[a-z0-9_-]{1,40}$")
 WARM_START_RECENT = 8
@@ -54,7 +54,7 @@ def warm_start(records: Sequence[Record], cfg: Config) -> str:
     if last.best_commit and last.best_metrics:
         best = ", ".join(f"{k} {_fmt(v)}" for k, v in last.best_metrics.items())
         lines.append(f"Best kept: commit {last.best_commit} ({best}).")
-    kept = [r for r in records if r.status in ("keep", "explore") and r.experiment > 1]
+    kept = [r for r in records if r.status in KEPT_STATUSES and r.experiment > 1]
     failed = [r for r in records if r.status in ("discard", "crash", "timeout")]
     if kept:
         lines.append("Kept recently:")

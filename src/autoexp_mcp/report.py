@@ -9,10 +9,9 @@ A keep's gain is measured against the incumbent it replaced (the last keep or ex
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import statistics
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 from .config import Config, Direction, MetricConfig
 from .errors import AutoexpError
 from .guard import atomic_write_file
-from .ledger import Ledger, Record, clean_text
+from .ledger import KEPT_STATUSES, Ledger, Record, clean_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 STATUSES = ("keep", "discard", "crash", "timeout", "explore")
-INCUMBENT_STATUSES = ("keep", "explore")
 TWO_METRIC_MODES = ("pareto", "primary_secondary", "lexicographic", "weighted")
 REPORT_DIR = Path(".autoexp") / "report"
 REPORT_MD = "report.md"
@@ -133,7 +131,7 @@ class Track:
     @property
     def kept(self) -> tuple[Step, ...]:
         """The baseline, then every keep and explore in order."""
-        return tuple(s for s in self.steps if s.record.status in INCUMBENT_STATUSES and s.value is not None)
+        return tuple(s for s in self.steps if s.record.status in KEPT_STATUSES and s.value is not None)
 
     @property
     def attempts(self) -> tuple[Step, ...]:
@@ -200,7 +198,7 @@ def _steps(records: Sequence[Record], m: MetricConfig) -> list[Step]:
         value = _finite(rec.metrics.get(m.name))
         before = incumbent
         gain = _better(m.direction, value, before) if value is not None and before is not None else None
-        if rec.status in INCUMBENT_STATUSES and value is not None:
+        if rec.status in KEPT_STATUSES and value is not None:
             incumbent = value
             if best is None or _better(m.direction, value, best) > 0:
                 best = value
@@ -270,7 +268,7 @@ def _track(records: Sequence[Record], stage: str | None, cfg: Config) -> Track:
         best_commit: str | None = last.best_commit
         best_rec = next((r for r in reversed(records) if r.commit == best_commit), None)
     else:
-        incumbents = (s.record for s in reversed(steps) if s.record.status in INCUMBENT_STATUSES)
+        incumbents = (s.record for s in reversed(steps) if s.record.status in KEPT_STATUSES)
         best_rec = next((r for r in incumbents if _finite(r.metrics.get(m.name)) == best_value), None)
         best_commit = best_rec.commit if best_rec else None
     best_metrics = {**(best_rec.metrics if best_rec else {}), **logged}
@@ -398,8 +396,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _counts_line(counts: dict[str, int]) -> str:
-    parts = [f"{n} {k}" for k, n in counts.items() if n or k in STATUSES]
-    return ", ".join(parts)
+    return ", ".join(f"{n} {k}" for k, n in counts.items())
 
 
 def _cost(cost: float, tokens: int) -> str:
@@ -816,13 +813,9 @@ def render_chart(records: Sequence[Record], cfg: Config, out: Path) -> Path:
     fig.suptitle(chart_title(s, cfg.experiment.tag), fontsize=12)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".progress-", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=CHART_DPI)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=CHART_DPI)
+    atomic_write_file(out, png.getvalue())
     return out
 
 
@@ -840,10 +833,6 @@ def load_records(repo: Path, cfg: Config) -> list[Record]:
     return list(Ledger(Path(repo), cfg.ledger_metric_names).records())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    atomic_write_file(path, text.encode("utf-8"))
-
-
 def write_report(repo: Path, cfg: Config, out_dir: Path | None = None) -> ReportPaths:
     """Write report.md and, when matplotlib is installed, progress.png (default <repo>/.autoexp/report/)."""
     out = Path(out_dir) if out_dir is not None else Path(repo) / REPORT_DIR
@@ -858,5 +847,5 @@ def write_report(repo: Path, cfg: Config, out_dir: Path | None = None) -> Report
         # A chart left from an earlier report would no longer match the Markdown.
         (out / CHART_PNG).unlink(missing_ok=True)
     md = out / REPORT_MD
-    _write_atomic(md, render_markdown(records, cfg, chart=chart, chart_note=note))
+    atomic_write_file(md, render_markdown(records, cfg, chart=chart, chart_note=note).encode("utf-8"))
     return ReportPaths(md, chart, note)

@@ -77,7 +77,6 @@ class Pending(_Model):
     run_id: str | None = None
     result: EvalResult | None = None
     decision: DecisionState | None = None
-    explore: bool = False
     drift_note: str | None = None
 
 
