@@ -68,8 +68,7 @@ def instrument() -> None:
     metrics.extract = _timed("metrics.extract", metrics.extract)
     # The sweeps after each eval run, called through the runner module's globals.
     for name in ("kill_marked", "kill_pipe_holders", "reap_leftovers"):
-        if hasattr(runner, name):
-            setattr(runner, name, _timed(f"runner.{name}", getattr(runner, name)))
+        setattr(runner, name, _timed(f"runner.{name}", getattr(runner, name)))
     loop.kill_marked = runner.kill_marked
     methods = [
         (ledger.Ledger, "append", "ledger.append"),

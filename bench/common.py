@@ -166,17 +166,21 @@ async def call(c: Client, tool: str, **args: Any) -> dict[str, Any]:
 LOOP_TOOLS = ("write_target", "commit", "run_eval", "decide", "log_result")
 
 
-async def server_iteration(c: Client, value: str, per_tool: dict[str, list[float]] | None = None) -> float:
-    """One experiment through the five loop tools; returns its wall time (client side)."""
-    t_start = time.perf_counter()
-    steps: list[tuple[str, dict[str, Any]]] = [
+def _loop_steps(value: str) -> list[tuple[str, dict[str, Any]]]:
+    """The five calls of one experiment that writes `value` into the target."""
+    return [
         ("write_target", {"content": value + "\n"}),
         ("commit", {"description": f"try {value}"}),
         ("run_eval", {}),
         ("decide", {}),
         ("log_result", {"notes": f"value {value}"}),
     ]
-    for tool, args in steps:
+
+
+async def server_iteration(c: Client, value: str, per_tool: dict[str, list[float]] | None = None) -> float:
+    """One experiment through the five loop tools; returns its wall time (client side)."""
+    t_start = time.perf_counter()
+    for tool, args in _loop_steps(value):
         t0 = time.perf_counter()
         res = await call(c, tool, **args)
         while tool == "run_eval" and res["status"] == "running":
@@ -232,19 +236,24 @@ class LeanClient:
             raise RuntimeError(f"{tool} failed: {res['content']}")
         return res["structuredContent"]
 
-    def iteration(self, value: str) -> float:
-        """One experiment through the five loop tools; returns its wall time."""
-        t0 = time.perf_counter()
-        self.call("write_target", content=value + "\n")
-        self.call("commit", description=f"try {value}")
-        res = self.call("run_eval")
-        while res["status"] == "running":
-            res = self.call("run_eval")
-        if res["status"] != "done":
-            raise RuntimeError(f"the eval did not finish cleanly: {res}")
-        self.call("decide")
-        self.call("log_result", notes=f"value {value}")
-        return time.perf_counter() - t0
+    def baseline(self) -> None:
+        for tool in ("run_eval", "decide", "log_result"):
+            self.call(tool)
+
+    def iteration(self, value: str, per_tool: dict[str, list[float]] | None = None) -> float:
+        """One experiment through the five loop tools; returns its wall time (and adds each
+        tool's to `per_tool`)."""
+        t_start = time.perf_counter()
+        for tool, args in _loop_steps(value):
+            t0 = time.perf_counter()
+            res = self.call(tool, **args)
+            while tool == "run_eval" and res["status"] == "running":
+                res = self.call(tool)
+            if tool == "run_eval" and res["status"] != "done":
+                raise RuntimeError(f"the eval did not finish cleanly: {res}")
+            if per_tool is not None:
+                per_tool.setdefault(tool, []).append(time.perf_counter() - t0)
+        return time.perf_counter() - t_start
 
     def close(self) -> None:
         assert self.proc.stdin is not None

@@ -1,6 +1,6 @@
 """Two builds of the server side by side: the installed one and a modified copy of the package
 (a directory holding `autoexp_mcp/`, put first on the server's PYTHONPATH), each against the
-raw shell loop, interleaved in one run, both driven by the lean client of loop_overhead.py.
+raw shell loop, interleaved in one run, both driven by the lean client (common.LeanClient).
 Use it to check what a proposed change saves.
 
     python bench/compare.py --candidate /path/to/src [--iterations N]
@@ -44,8 +44,7 @@ def run(candidate: Path, iterations: int, warmup: int) -> None:
         clients = {"installed": LeanClient(installed), "candidate": LeanClient(modified, candidate_env(candidate))}
         try:
             for c in clients.values():
-                for tool in ("run_eval", "decide", "log_result"):
-                    c.call(tool)
+                c.baseline()
             names = list(t)
             for i in range(warmup + iterations):
                 for name in names[i % 3 :] + names[: i % 3]:

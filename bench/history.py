@@ -4,7 +4,8 @@ and with 10,000 of them on the branch, in the ledger and in the run logs.
 The history is generated, not run: 10,000 kept commits on autoexp/t written with
 `git fast-import`, experiments.jsonl with a valid hash chain and the matching results.tsv,
 one run log per experiment, and an idle `.autoexp/state.json` whose incumbent is the branch
-tip. Both servers stay up and take turns, one iteration each per round.
+tip. Both servers stay up and take turns, one iteration each per round, each driven by the lean
+client of common.py (JSON lines on its pipes), so the figures are the servers' own time.
 
     python bench/history.py [--history 10000] [--iterations N] [--quick]
 """
@@ -20,19 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 from common import (
     TAG,
     TARGET,
-    Client,
+    LeanClient,
     Values,
     config_text,
     git,
     make_repo,
     median_ms,
     pin_environment,
-    server_iteration,
-    server_params,
     summary,
     workdir,
     write_json,
@@ -75,7 +73,7 @@ def _fast_import(repo: Path, start: str, n: int) -> list[str]:
     return [shas[k] for k in range(1, n + 1)]
 
 
-def _record(ledger: Ledger, prev: str, experiment: int, commit: str, parent: str, score: float) -> dict[str, Any]:
+def _record(prev: str, experiment: int, commit: str, parent: str, score: float) -> dict[str, Any]:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     fields: dict[str, Any] = dict(
         experiment=experiment,
@@ -115,7 +113,7 @@ def make_history_repo(path: Path, n: int) -> Path:
     runs = path / ".autoexp" / "runs"
     runs.mkdir(parents=True)
     for k, commit in enumerate([start, *shas]):
-        payload = _record(ledger, prev, k + 1, commit, parent, float(k))
+        payload = _record(prev, k + 1, commit, parent, float(k))
         jsonl.append(json.dumps(payload, ensure_ascii=False) + "\n")
         tsv.append(ledger.tsv_row(Record.model_validate(payload)))
         (runs / f"{k + 1}.log").write_text(f"score: {k}\n")
@@ -143,7 +141,7 @@ def make_history_repo(path: Path, n: int) -> Path:
     return path
 
 
-async def run(history: int, iterations: int, warmup: int, json_out: Path | None, keep: bool) -> bool:
+def run(history: int, iterations: int, warmup: int, json_out: Path | None, keep: bool) -> bool:
     pin_environment()
     with workdir("autoexp-bench-history-", keep) as d:
         t0 = time.perf_counter()
@@ -152,13 +150,17 @@ async def run(history: int, iterations: int, warmup: int, json_out: Path | None,
         print(f"generated {history} experiments of history in {time.perf_counter() - t0:.1f} s")
         times: dict[str, list[float]] = {"0": [], str(history): []}
         tools: dict[str, dict[str, list[float]]] = {"0": {}, str(history): {}}
-        async with Client(server_params(empty)) as c0, Client(server_params(full)) as cn:
+        c0, cn = LeanClient(empty), LeanClient(full)
+        try:
             sides = [("0", c0, Values(0)), (str(history), cn, Values(float(history)))]
             for i in range(warmup + iterations):
                 for name, c, values in sides if i % 2 == 0 else sides[::-1]:
-                    t = await server_iteration(c, values.next(), tools[name] if i >= warmup else None)
+                    t = c.iteration(values.next(), tools[name] if i >= warmup else None)
                     if i >= warmup:
                         times[name].append(t)
+        finally:
+            c0.close()
+            cn.close()
         ms0, msn = median_ms(times["0"]), median_ms(times[str(history)])
         ratio = msn / ms0
         print(f"iterations: {iterations} per side (after {warmup} warm-up), interleaved; medians")
@@ -186,7 +188,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp repositories")
     args = ap.parse_args()
     n = 10 if args.quick else args.iterations
-    ok = anyio.run(run, args.history, n, 2 if args.quick else args.warmup, args.json, args.keep)
+    ok = run(args.history, n, 2 if args.quick else args.warmup, args.json, args.keep)
     return 0 if ok else 1
 
 

@@ -27,9 +27,7 @@ from autoexp_mcp.loop import Experiment
 TARGET_RATIO = 1.5
 DATA_FILE_MB = 10
 FILES_PER_DIR = 200
-# Real globs that mean "every file under data/": `data/**` is the one users write.
-PROTECT_GLOB = "data/**"
-FALLBACK_GLOB = "data/**/*"
+PROTECT_GLOB = "data/**"  # "every file under data/", as users write it
 
 
 def make_big_repo(path: Path, files: int) -> Path:
@@ -97,7 +95,6 @@ def run(files: int, data_mb: int, checks: int, warmup: int, json_out: Path | Non
     if free_mb < need_mb:
         sys.exit(f"/tmp has {free_mb} MB free; this benchmark needs {need_mb} MB")
     results: dict[str, dict[str, float]] = {}
-    ok = True
     with workdir("autoexp-bench-integrity-", keep) as d:
         t0 = time.perf_counter()
         repo = make_big_repo(d / "repo", files)
@@ -109,35 +106,23 @@ def run(files: int, data_mb: int, checks: int, warmup: int, json_out: Path | Non
             f"repository: {tracked} tracked files ({t1 - t0:.1f} s), {n_data} x {DATA_FILE_MB} MB untracked data "
             f"({t2 - t1:.1f} s)"
         )
-        globs = [PROTECT_GLOB]
-        for glob in globs:
-            r = measure(repo, glob, checks, warmup)
-            results[glob] = r
-            print(
-                f"protect = [{glob!r}]: {r['protected_files']:.0f} files protected; "
-                f"first start with snapshot {r['first_start_s']:.1f} s"
-            )
-            if r["protected_files"] == 0:
-                print(
-                    f"  WARNING: {glob!r} protects no file at all on Python {sys.version.split()[0]} "
-                    "(pathlib's '**' matches directories only before 3.13); measuring "
-                    f"{FALLBACK_GLOB!r} as well, which covers the data"
-                )
-                if FALLBACK_GLOB not in globs:
-                    globs.append(FALLBACK_GLOB)
-            ratio = r["integrity_ms"] / r["git_status_ms"]
-            r["ratio"] = ratio
-            print(
-                f"  per check, median of {checks}: _integrity {r['integrity_ms']:.1f} ms, "
-                f"git status --porcelain {r['git_status_ms']:.1f} ms"
-            )
-            passed = ratio <= TARGET_RATIO
-            if r["protected_files"] > 0:
-                ok = ok and passed
-            note = (
-                f"{r['integrity_ms']:.1f} ms vs {r['git_status_ms']:.1f} ms, {r['protected_files']:.0f} files protected"
-            )
-            summary(f"integrity [{glob}]/git status", ratio, f"<= {TARGET_RATIO}", passed, note)
+        r = measure(repo, PROTECT_GLOB, checks, warmup)
+        results[PROTECT_GLOB] = r
+        print(
+            f"protect = [{PROTECT_GLOB!r}]: {r['protected_files']:.0f} files protected; "
+            f"first start with snapshot {r['first_start_s']:.1f} s"
+        )
+        if r["protected_files"] != n_data:
+            raise RuntimeError(f"{PROTECT_GLOB!r} protects {r['protected_files']:.0f} of the {n_data} data files")
+        ratio = r["integrity_ms"] / r["git_status_ms"]
+        r["ratio"] = ratio
+        print(
+            f"  per check, median of {checks}: _integrity {r['integrity_ms']:.1f} ms, "
+            f"git status --porcelain {r['git_status_ms']:.1f} ms"
+        )
+        ok = ratio <= TARGET_RATIO
+        note = f"{r['integrity_ms']:.1f} ms vs {r['git_status_ms']:.1f} ms, {r['protected_files']:.0f} files protected"
+        summary(f"integrity [{PROTECT_GLOB}]/git status", ratio, f"<= {TARGET_RATIO}", ok, note)
     write_json(json_out, {"tracked_files": tracked, "data_mb": data_mb, "results": results})
     return ok
 

@@ -97,8 +97,7 @@ async def run(iterations: int, warmup: int, json_out: Path | None, keep: bool) -
                 exp.run_eval(60)
                 exp.decide()
                 exp.log_result()
-                for tool in ("run_eval", "decide", "log_result"):
-                    lean.call(tool)
+                lean.baseline()
                 values = {"server": Values(0), "raw": Values(0), "inproc": Values(0), "lean": Values(0)}
                 for i in range(warmup + iterations):
                     counted = i >= warmup

@@ -1,6 +1,6 @@
 """Where the server's time per iteration goes: py-spy attached to the installed server while the
-scripted client of loop_overhead.py drives it, then the inclusive wall time per iteration of
-every function of autoexp_mcp (and of the git, subprocess and fsync calls under them).
+SDK client drives it through the loop (common.server_iteration), then the inclusive wall time
+per iteration of every function of autoexp_mcp (and of the git, subprocess and fsync calls under them).
 
 Needs py-spy (`pip install py-spy`) and permission to attach (root, or ptrace_scope 0).
 
