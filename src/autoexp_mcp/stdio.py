@@ -88,17 +88,13 @@ class FdWriter:
         self._buf += text.encode("utf-8")
 
     async def flush(self) -> None:
-        data = bytes(self._buf)
+        view = memoryview(bytes(self._buf))
         self._buf.clear()
-        view = memoryview(data)
-        try:
-            while view:
-                try:
-                    view = view[os.write(self.fd, view) :]
-                except BlockingIOError:
-                    await anyio.wait_writable(self.fd)
-        finally:
-            view.release()
+        while view:
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self.fd)
 
 
 def _divert(fd: int, target: int) -> int:
