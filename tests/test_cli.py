@@ -226,7 +226,7 @@ def test_report_writes_markdown_and_a_progress_chart(played: Path, home: Path) -
     out = repo / ".autoexp" / "report"
     md = (out / "report.md").read_text()
     assert f"wrote {out / 'report.md'}" in res.stdout
-    assert "5" in md and "baseline" in md.lower()
+    assert "**score** (higher is better): 1 → **5**" in md and "Baseline: experiment 1; best: experiment 5" in md
     chart = out / "progress.png"
     if HAS_MATPLOTLIB:
         assert f"wrote {chart}" in res.stdout

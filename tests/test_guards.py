@@ -339,16 +339,15 @@ def test_run_eval_refuses_an_eval_that_rewrites_the_target(make_repo: MakeRepo) 
     try:
         baseline(exp)
         exp.write_target(content="touch value.txt\n")
-        c = exp.commit("the eval appends to its own input")
+        exp.commit("the eval appends to its own input")
         view = exp.run_eval(30)
         d = exp.decide()
         exp.log_result()
-        # What was measured must be what was committed; the tree must hold the commit's target.
-        assert (repo / "value.txt").read_text() == git(repo, "show", f"{c.commit}:value.txt") + "\n" or (
-            d.status != "keep"
-        )
-        assert not git(repo, "status", "--porcelain"), "the kept commit's tree is what is on disk"
+        # What was measured is not what was committed: a crash, and the tree is back at the incumbent.
         assert view.status == "crash" and "value.txt" in view.reason
+        assert d.status == "crash" and d.reverted
+        assert (repo / "value.txt").read_text() == "-1\n"
+        assert not git(repo, "status", "--porcelain"), "the incumbent's tree is what is on disk"
     finally:
         exp.close()
 
@@ -408,7 +407,7 @@ def test_commit_refuses_changed_protected_data_and_never_deletes_it(data_repo: P
             "data/new.csv (new)",
             "data/sub/test.csv (deleted)",
         }
-        assert "never deleted" in str(e.value) or "never deletes" in str(e.value)
+        assert "untracked files are never deleted" in str(e.value)
         # Untracked user files are neither deleted nor rewritten.
         assert (data_repo / "data" / "train.csv").read_text() == "x,y\n1,200\n"
         assert (data_repo / "data" / "new.csv").read_text() == "extra\n"
@@ -881,7 +880,7 @@ async def test_concurrent_mcp_calls_never_exceed_the_budget(make_repo: MakeRepo)
                 for seed in range(6):
                     tg.start_soon(agent, seed)
     assert [r["experiment"] for r in records(repo)] == list(range(1, len(records(repo)) + 1))
-    assert len(records(repo)) <= 3
+    assert 1 <= len(records(repo)) <= 3
     assert verify(repo) == []
 
 
