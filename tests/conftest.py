@@ -1,4 +1,5 @@
-"""Shared fixtures: temp git repositories with pinned identity, and a small scriptable harness.
+"""Shared fixtures and helpers: temp git repositories with pinned identity, a small scriptable harness,
+the installed command and MCP tool calls.
 
 Nothing here touches the real $HOME or global git config.
 """
@@ -6,14 +7,19 @@ Nothing here touches the real $HOME or global git config.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
 
 from autoexp_mcp.loop import Experiment
 
@@ -171,3 +177,57 @@ def play(exp: Experiment, value: str, description: str | None = None) -> tuple[s
     d = exp.decide()
     exp.log_result()
     return view.status, d.status
+
+
+# --- the installed command and MCP clients ---------------------------------------------------
+
+CALL_TIMEOUT_S = 30.0
+EXE = Path(sys.executable).parent / "autoexp-mcp"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def installed_command() -> str:
+    """The `autoexp-mcp` command installed next to this interpreter."""
+    assert EXE.exists(), f"autoexp-mcp is not installed next to {sys.executable}"
+    return str(EXE)
+
+
+def server_env() -> dict[str, str]:
+    """The whole environment of a server subprocess: PATH, the test's HOME and the pinned git identity."""
+    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ["HOME"], **GIT_ENV}
+
+
+def stdio_params(repo: Path) -> StdioServerParameters:
+    """`autoexp-mcp serve --repo REPO` for the SDK's stdio client."""
+    return StdioServerParameters(command=installed_command(), args=["serve", "--repo", str(repo)], env=server_env())
+
+
+async def call(c: Client, tool: str, *, timeout: float = CALL_TIMEOUT_S, **args: Any) -> dict[str, Any]:
+    """A tool call that must succeed; returns its structured content."""
+    with anyio.fail_after(timeout):
+        res = await c.call_tool(tool, args)
+    assert not res.is_error, res.content
+    assert res.structured_content is not None
+    # The text content carries the same JSON (clients that show only text see everything).
+    assert json.loads(res.content[0].text) == res.structured_content  # type: ignore[union-attr]
+    return res.structured_content
+
+
+async def call_error(c: Client, tool: str, *, timeout: float = CALL_TIMEOUT_S, **args: Any) -> str:
+    """A tool call that must fail; returns the error text."""
+    with anyio.fail_after(timeout):
+        res = await c.call_tool(tool, args)
+    assert res.is_error
+    return res.content[0].text  # type: ignore[union-attr]
+
+
+async def eval_to_end(c: Client, *, timeout: float = CALL_TIMEOUT_S, **args: Any) -> dict[str, Any]:
+    """run_eval, again while the run is still running; returns the final view."""
+    ev = await call(c, "run_eval", timeout=timeout, **args)
+    while ev["status"] == "running":
+        ev = await call(c, "run_eval", timeout=timeout, **args)
+    return ev

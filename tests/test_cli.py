@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 import tomllib
 from pathlib import Path
@@ -16,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from autoexp_mcp.loop import Experiment
-from conftest import GIT_ENV, HARNESS, MakeRepo, baseline, git, harness_config, init_repo, play
+from conftest import EXE, GIT_ENV, HARNESS, MakeRepo, baseline, git, harness_config, init_repo, installed_command, play
 
 CLI_TIMEOUT_S = 60.0
 DEMO_TIMEOUT_S = 120.0
-EXE = Path(sys.executable).parent / "autoexp-mcp"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 # A harness that prints value.txt verbatim, so each test says exactly what the eval prints.
@@ -44,7 +42,7 @@ def home(tmp_path: Path) -> Path:
 
 
 def cli(*args: str, home: Path, cwd: Path | None = None, timeout: float = CLI_TIMEOUT_S, **env: str):
-    assert EXE.exists(), f"autoexp-mcp is not installed next to {sys.executable}"
+    exe = installed_command()
     full_env = {
         **os.environ,
         "HOME": str(home),
@@ -54,7 +52,7 @@ def cli(*args: str, home: Path, cwd: Path | None = None, timeout: float = CLI_TI
         **env,
     }
     return subprocess.run(
-        [str(EXE), *args],
+        [exe, *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

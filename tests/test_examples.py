@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from mcp import Client
 
+import conftest
 from autoexp_mcp.assets import asset_dir
 from autoexp_mcp.config import load_config
 from autoexp_mcp.demo import make_example_repo
@@ -27,11 +28,6 @@ EXAMPLES_DIR = asset_dir("examples")
 EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.iterdir() if (p / "autoexp.toml").is_file())
 # Timing-based examples: only moves whose effect dwarfs the timing noise are played.
 BIG_MOVES_ONLY = {"sql"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(autouse=True)
@@ -51,19 +47,12 @@ CLIMB_PARAMS = [
 ]
 
 
-async def call(c: Client, tool: str, **args: Any) -> dict[str, Any]:
-    with anyio.fail_after(CALL_TIMEOUT_S):
-        res = await c.call_tool(tool, args)
-    assert not res.is_error, res.content
-    assert res.structured_content is not None
-    return res.structured_content
+call = partial(conftest.call, timeout=CALL_TIMEOUT_S)
 
 
 async def finish(c: Client) -> tuple[dict[str, Any], dict[str, Any]]:
     """run_eval (until it is no longer running) -> decide -> log_result; returns (eval, decision)."""
-    ev = await call(c, "run_eval", wait_seconds=CALL_TIMEOUT_S)
-    while ev["status"] == "running":
-        ev = await call(c, "run_eval", wait_seconds=CALL_TIMEOUT_S)
+    ev = await conftest.eval_to_end(c, timeout=CALL_TIMEOUT_S, wait_seconds=CALL_TIMEOUT_S)
     d = await call(c, "decide")
     await call(c, "log_result", notes="scripted example move")
     return ev, d

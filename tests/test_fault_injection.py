@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from autoexp_mcp.verify import verify
-from conftest import GIT_ENV, MakeRepo, cmdline_pids, git, harness_config
+from conftest import MakeRepo, cmdline_pids, git, harness_config, installed_command, server_env
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +35,6 @@ EXIT_S = 20.0  # a server asked to exit
 GONE_S = 10.0  # killed processes disappearing from /proc
 SLOW_EVAL_S = 0.8  # the evals killed at random points
 KILLS_PER_RUN = 3  # kill the same (re-)run at most this often, so the loop moves on
-
-
-def installed_command() -> str:
-    exe = Path(sys.executable).parent / "autoexp-mcp"
-    assert exe.exists(), f"autoexp-mcp is not installed next to {sys.executable}"
-    return str(exe)
-
-
-def server_env() -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ["HOME"], **GIT_ENV}
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:

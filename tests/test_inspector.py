@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from autoexp_mcp.demo import make_example_repo
-from conftest import GIT_ENV, git
+from conftest import GIT_ENV, git, installed_command
 
 NPX = shutil.which("npx")
 # Pinned: Inspector 0.15.0 is the newest that runs on Node 20, and its argument handling
@@ -39,12 +39,6 @@ pytestmark = [
     pytest.mark.timeout(TEST_TIMEOUT_S),
     pytest.mark.skipif(NPX is None, reason="npx (Node.js) is not installed: the MCP Inspector CLI cannot run"),
 ]
-
-
-def autoexp_command() -> str:
-    exe = Path(sys.executable).parent / "autoexp-mcp"
-    assert exe.exists(), f"autoexp-mcp is not installed next to {sys.executable}"
-    return str(exe)
 
 
 class Inspector:
@@ -67,7 +61,7 @@ class Inspector:
 
     def run(self, *method_args: str) -> dict[str, Any]:
         assert NPX is not None
-        argv = [NPX, "-y", "--prefer-offline", INSPECTOR, "--cli", autoexp_command(), "serve", "--repo"]
+        argv = [NPX, "-y", "--prefer-offline", INSPECTOR, "--cli", installed_command(), "serve", "--repo"]
         argv += [str(self.repo), *method_args]
         timeout = CALL_TIMEOUT_S if Inspector.warmed_up else FIRST_CALL_TIMEOUT_S
         start = time.monotonic()

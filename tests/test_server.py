@@ -5,64 +5,26 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
 
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.server import build_server
-from conftest import GIT_ENV, MakeRepo, cmdline_pids, git
+from conftest import CALL_TIMEOUT_S, MakeRepo, call, call_error, cmdline_pids, eval_to_end, git, stdio_params
 
 pytestmark = pytest.mark.anyio
 
-CALL_TIMEOUT_S = 30.0
 TOOLS = {"read_target", "write_target", "commit", "run_eval", "decide", "log_result", "budget_status"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def installed_command() -> str:
-    exe = Path(sys.executable).parent / "autoexp-mcp"
-    assert exe.exists(), f"autoexp-mcp is not installed next to {sys.executable}"
-    return str(exe)
-
-
-def stdio_params(repo: Path) -> StdioServerParameters:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ["HOME"], **GIT_ENV}
-    return StdioServerParameters(command=installed_command(), args=["serve", "--repo", str(repo)], env=env)
-
-
-async def call(c: Client, tool: str, **args: Any) -> dict[str, Any]:
-    with anyio.fail_after(CALL_TIMEOUT_S):
-        res = await c.call_tool(tool, args)
-    assert not res.is_error, res.content
-    assert res.structured_content is not None
-    # The text content carries the same JSON (clients that show only text see everything).
-    assert json.loads(res.content[0].text) == res.structured_content  # type: ignore[union-attr]
-    return res.structured_content
-
-
-async def call_error(c: Client, tool: str, **args: Any) -> str:
-    with anyio.fail_after(CALL_TIMEOUT_S):
-        res = await c.call_tool(tool, args)
-    assert res.is_error
-    return res.content[0].text  # type: ignore[union-attr]
 
 
 async def experiment(c: Client, value: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     await call(c, "write_target", content=value + "\n")
     await call(c, "commit", description=f"try {value}")
-    ev = await call(c, "run_eval")
-    while ev["status"] == "running":
-        ev = await call(c, "run_eval")
+    ev = await eval_to_end(c)
     d = await call(c, "decide")
     log = await call(c, "log_result", notes=f"value {value}", tokens_used=100)
     return ev, d, log

@@ -21,15 +21,19 @@ import pytest
 from mcp import Client
 
 from autoexp_mcp.stdio import FdLineReader, FdWriter
-from conftest import GIT_ENV, MakeRepo, cmdline_pids, git, harness_config
-from test_server import call, call_error, installed_command, stdio_params
+from conftest import (
+    MakeRepo,
+    call,
+    call_error,
+    cmdline_pids,
+    git,
+    harness_config,
+    installed_command,
+    server_env,
+    stdio_params,
+)
 
 WAIT_S = 30.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 # --- the reader and the writer, on real pipes ----------------------------------------------------
@@ -96,13 +100,12 @@ class RawClient:
     """Newline-delimited JSON-RPC to the installed server, every read bounded."""
 
     def __init__(self, repo: Path, stdin: Any = subprocess.PIPE) -> None:
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ["HOME"], **GIT_ENV}
         self.proc = subprocess.Popen(
             [installed_command(), "serve", "--repo", str(repo)],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env,
+            env=server_env(),
         )
         self._next_id = 0
         self._buf = b""

@@ -8,18 +8,21 @@ import random
 import statistics
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from mcp import Client
 
+import conftest
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.server import build_server
 from conftest import git, init_repo
 
 pytestmark = pytest.mark.anyio
+
+CALL_TIMEOUT_S = 60.0
 
 # params.txt holds `key=value` lines; every numeric key is printed as a metric line. With
 # `noise=<sigma>` the `score` line gets Gaussian noise seeded by `seed` and the repeat index,
@@ -50,11 +53,6 @@ def draw(seed: int, repeat: int, sigma: float) -> float:
     return random.Random(seed * 1000 + repeat).gauss(0, sigma)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def config(metrics: str, policy: str = "", extra: str = "", budget: str = "max_experiments = 50") -> str:
     return (
         textwrap.dedent(
@@ -81,12 +79,7 @@ def repo_with(tmp_path: Path, params: str, cfg: str, files: dict[str, str] | Non
     )
 
 
-async def call(c: Client, tool: str, **args: Any) -> dict[str, Any]:
-    with anyio.fail_after(60):
-        res = await c.call_tool(tool, args)
-    assert not res.is_error, res.content
-    assert res.structured_content is not None
-    return res.structured_content
+call = partial(conftest.call, timeout=CALL_TIMEOUT_S)
 
 
 async def baseline(c: Client) -> dict[str, Any]:
@@ -99,9 +92,7 @@ async def baseline(c: Client) -> dict[str, Any]:
 async def attempt(c: Client, params: str) -> dict[str, Any]:
     await call(c, "write_target", content=params)
     await call(c, "commit", description=params.replace("\n", " ").strip())
-    ev = await call(c, "run_eval")
-    while ev["status"] == "running":
-        ev = await call(c, "run_eval")
+    await conftest.eval_to_end(c, timeout=CALL_TIMEOUT_S)
     d = await call(c, "decide")
     await call(c, "log_result")
     return d

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from autoexp_mcp.ledger import GENESIS_HASH, Ledger, Record, record_hash
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.verify import verify
-from conftest import GIT_ENV, baseline, git, harness_config, init_repo, play
+from conftest import GIT_ENV, baseline, git, harness_config, init_repo, installed_command, play, server_env
 
 # The template run: line 1 baseline (keep), 2 keep, 3 discard, 4 crash, 5 keep.
 PLAYS = ["3", "2", "crash", "5"]
@@ -206,10 +204,12 @@ def test_an_empty_ledger_passes(tmp_path: Path) -> None:
 
 
 def run_cli(repo: Path) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).parent / "autoexp-mcp"
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ["HOME"], **GIT_ENV}
     return subprocess.run(
-        [str(exe), "verify", "--repo", str(repo)], capture_output=True, text=True, env=env, timeout=60
+        [installed_command(), "verify", "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        env=server_env(),
+        timeout=60,
     )
 
 
