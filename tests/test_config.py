@@ -199,7 +199,7 @@ def test_bad_value_gives_clear_message(changes: dict[str, Any], fragments: list[
             ["one metric without bounds to optimise"],
         ),
         (
-            [{"name": "f1", "direction": "max", "transform": "log", "weight": None}],
+            [{"name": "f1", "direction": "max", "transform": "log"}],
             {"mode": "single"},
             ["transform = 'log' but no weight"],
         ),
@@ -213,7 +213,6 @@ def test_bad_value_gives_clear_message(changes: dict[str, Any], fragments: list[
 def test_policy_metric_mismatch_is_refused(
     metrics: list[dict[str, Any]], policy: dict[str, Any], fragments: list[str]
 ) -> None:
-    metrics = [{k: v for k, v in m.items() if v is not None} for m in metrics]
     msg = config_error(with_changes(metric=metrics, policy=policy))
     for fragment in fragments:
         assert fragment in msg

@@ -65,12 +65,10 @@ def test_scripted_agent_covers_every_outcome(make_repo: MakeRepo) -> None:
             assert head(repo).startswith(c.commit) and head(repo) != before
             # Only the target changed in the experiment commit.
             assert git(repo, "diff", "--name-only", before, "HEAD") == "value.txt"
-            ev_status, d_status = eval_status, None
             view = exp.run_eval(30)
-            assert view.status == ev_status, (value, view)
+            assert view.status == eval_status, (value, view)
             d = exp.decide()
-            d_status = d.status
-            assert d_status == decision, (value, d)
+            assert d.status == decision, (value, d)
             if decision == "keep":
                 assert head(repo).startswith(c.commit)
                 assert (repo / "value.txt").read_text() == value + "\n"
@@ -262,7 +260,7 @@ def test_a_restart_at_any_phase_loses_nothing_and_logs_nothing_twice(make_repo: 
     exp = Experiment(repo)
     try:
         st = load_state(repo)
-        assert st is not None and st.phase == Phase(stop_at if stop_at != "running" else "running")
+        assert st is not None and st.phase == Phase(stop_at)
         assert exp.read_target().content == "sleep 0.5 6\n"
         if stop_at == "edited":
             exp.commit("six, slowly")

@@ -255,9 +255,7 @@ def test_ensure_tsv_row_replaces_a_torn_partial_row(repo: Path) -> None:
     assert verify(repo) == []
 
 
-def test_verify_passes_after_a_crash_between_the_jsonl_and_the_tsv_write(template: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    shutil.copytree(template, repo, symlinks=True)
+def test_verify_passes_after_a_crash_between_the_jsonl_and_the_tsv_write(repo: Path) -> None:
     exp = Experiment(repo)
     try:
         exp.write_target(content="9\n")
