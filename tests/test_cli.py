@@ -361,3 +361,15 @@ def test_status_into_a_closed_pipe_prints_no_traceback(played: Path, home: Path)
     proc.stdout.close()  # the reader is gone before the first write, as `| head` is after its lines
     _, err = proc.communicate(timeout=CLI_TIMEOUT_S)
     assert "Traceback" not in err, err
+
+
+def test_install_offers_exactly_the_clients_it_can_write() -> None:
+    """The parser spells the list out (importing clients would slow `serve`'s start): keep them equal."""
+    import argparse
+
+    from autoexp_mcp.cli import build_parser
+    from autoexp_mcp.clients import CLIENTS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    client = next(a for a in sub.choices["install"]._actions if a.dest == "client")
+    assert tuple(client.choices or ()) == CLIENTS
