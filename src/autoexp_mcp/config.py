@@ -133,6 +133,9 @@ class MetricConfig(_Frozen):
     pattern: str | None = Field(None, description="regex with one group; default: a line '<name>: <number>'")
     json_key: str | None = Field(None, description="key (dotted for nesting) of the last JSON object line")
     file: str | None = Field(None, description="read the metric from this file the eval writes, not stdout")
+    channel: Literal["output", "fd"] = Field(
+        "output", description="fd: read it from the pipe the harness gets as AUTOEXP_METRIC_FD, not the output"
+    )
     weight: float | None = Field(None, description="weight in the weighted composite")
     transform: Literal["identity", "reciprocal", "log"] = Field(
         "identity", description="applied before weighting: reciprocal is the seed's 1/latency term"
@@ -173,6 +176,8 @@ class MetricConfig(_Frozen):
     def _one_source(self) -> MetricConfig:
         if self.pattern is not None and self.json_key is not None:
             raise ValueError(f"metric {self.name!r}: give pattern or json_key, not both")
+        if self.file is not None and self.channel == "fd":
+            raise ValueError(f"metric {self.name!r}: give file or channel = \"fd\", not both")
         for bound in (self.at_least, self.at_most, self.weight):
             if bound is not None and not math.isfinite(bound):
                 raise ValueError(f"metric {self.name!r}: bounds and weights must be finite numbers")
@@ -199,15 +204,49 @@ class HoldoutConfig(_Frozen):
     eval: str = Field(description="a second command, run only on a candidate about to be kept")
     tolerance: float = Field(0.0, ge=0, description="regression of the objective allowed on the hold-out")
     timeout: float | None = Field(None, gt=0)
+    files: tuple[str, ...] = Field(
+        (), description="its script and data in the repository, hidden from the visible eval (besides the "
+        "files named in the command, which are hidden anyway)"
+    )
 
     @field_validator("eval")
     @classmethod
     def _eval(cls, v: str) -> str:
         return _check_command(v)
 
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_relpath(g, "holdout file") for g in v)
+
     @property
     def argv(self) -> list[str]:
         return shlex.split(self.eval)
+
+
+class SandboxConfig(_Frozen):
+    """Where the eval runs: bubblewrap on Linux, so the target's code cannot forge a result."""
+
+    mode: Literal["auto", "bwrap", "none"] = Field(
+        "auto", description="auto: bwrap when it works, else none; bwrap: refuse to start without it"
+    )
+    writable: tuple[str, ...] = Field((), description="directories in the repository the eval may write")
+    network: bool = Field(False, description="give the eval the network")
+    devices: tuple[str, ...] = Field((), description="device nodes passed through, e.g. /dev/nvidia*, /dev/dri")
+    hide: tuple[str, ...] = Field((), description="more repository paths the visible eval must not see")
+
+    @field_validator("writable", "hide")
+    @classmethod
+    def _paths(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_relpath(g, "sandbox path") for g in v)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for d in v:
+            if not d.startswith("/dev/"):
+                raise ValueError(f"device {d!r} must be a path (or glob) under /dev/")
+        return v
 
 
 class BudgetConfig(_Frozen):
@@ -238,6 +277,7 @@ class Config(_Frozen):
     budget: BudgetConfig = BudgetConfig()
     holdout: HoldoutConfig | None = None
     stage: tuple[StageConfig, ...] = ()
+    sandbox: SandboxConfig = SandboxConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -271,6 +311,7 @@ class Config(_Frozen):
             budget=st.budget,
             holdout=self.holdout,
             stage=self.stage,
+            sandbox=self.sandbox,
         )
 
     @property
