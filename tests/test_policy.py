@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -268,7 +271,7 @@ PARETO_ROWS = [
 WEIGHTED_ROWS = [
     row(
         "faster_raises_the_score_through_the_reciprocal",
-        *([W_ACC, W_RLAT], W, one(acc=0.8, lat=50), one(acc=0.8, lat=100), "keep weighted", "+0.3·1/lat"),
+        *([W_ACC, W_RLAT], W, one(acc=0.8, lat=50), one(acc=0.8, lat=100), "keep weighted", "0.5·acc + 0.3·(1/lat)"),
     ),
     row(
         "slower_lowers_the_score",
@@ -780,3 +783,71 @@ def test_weighted_score_never_raises(cfg, data):
     meas = Measurement({m.name: (data.draw(finite),) for m in cfg.metric})
     score, why = weighted_score(meas, cfg)
     assert (score is None) == bool(why)
+
+
+# --- the README's weighted example, parsed from README.md so the two cannot drift ---------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_weighted_example() -> tuple[str, Config]:
+    """The README's weighted snippet (its text and the config it makes)."""
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
+    (block,) = [b for b in blocks if 'mode = "weighted"' in b]
+    data = tomllib.loads(block)
+    data["experiment"] = {"tag": "readme", "target": "t.txt", "eval": "python e.py"}
+    return block, parse_config(data, "README.md")
+
+
+README_BASE = {"accuracy": 0.8, "latency_ms": 100.0, "memory_mb": 100.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"latency_ms": 50.0}, "keep"),
+        ({"latency_ms": 200.0}, "discard"),
+        ({"memory_mb": 50.0}, "keep"),
+        ({"memory_mb": 200.0}, "discard"),
+        ({"accuracy": 0.9}, "keep"),
+        ({"accuracy": 0.7}, "discard"),
+    ],
+    ids=[
+        "lower-latency-kept",
+        "higher-latency-discarded",
+        "less-memory-kept",
+        "more-memory-discarded",
+        "higher-accuracy-kept",
+        "lower-accuracy-discarded",
+    ],
+)
+def test_readme_weighted_example_scores_what_its_comment_says(change: dict[str, float], expected: str) -> None:
+    block, cfg = readme_weighted_example()
+    cand = one(**{**README_BASE, **change})
+    d = decide(cand, one(**README_BASE), cfg, experiment_index=1)
+    assert d.status == expected, d.reason
+    # The score is the formula in the README's comment, and the reason quotes that formula.
+    formula = re.search(r"score = (.*?), written as data", block)
+    assert formula is not None and formula[1] == "0.5·accuracy + 0.3·(1/latency_ms) + 0.2·(1/memory_mb)"
+    assert f"(score = {formula[1]}, higher is better)" in d.reason
+    acc, lat, mem = (cand.mean(n) for n in ("accuracy", "latency_ms", "memory_mb"))
+    assert weighted_score(cand, cfg)[0] == pytest.approx(0.5 * acc + 0.3 / lat + 0.2 / mem)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "policy", "cand", "inc", "margin"),
+    [
+        ([ACC], {}, one(acc=0.9879), one(acc=0.9), "0.0879"),
+        ([ACC], {"explore_every": 1}, one(acc=0.9), one(acc=0.9879), "-0.0879"),
+        ([ACC, LAT], PA, one(acc=0.9879, lat=1), one(acc=0.9, lat=1), "0.0879"),
+        ([ACC, LAT], LX, one(acc=0.9879, lat=1), one(acc=0.9, lat=1), "0.0879"),
+        ([ACC, {**LAT, "max_regression": 1.0}], PS, one(acc=0.9879, lat=1), one(acc=0.9, lat=1), "0.0879"),
+        ([{**ACC, "weight": 0.3}], W, one(acc=0.9879), one(acc=0.9), "0.02637"),
+        ([ACC, LAT_CAP], {}, one(acc=0.9, lat=200.3), one(acc=0.9, lat=1), "-0.3"),
+    ],
+    ids=["single", "explore", "pareto", "lexicographic", "primary_secondary", "weighted", "constraint"],
+)
+def test_margins_are_rounded_to_six_significant_digits(metrics, policy, cand, inc, margin) -> None:
+    d = decide(cand, inc, make_cfg(metrics, **policy), experiment_index=1)
+    assert repr(d.margin) == margin, d.reason
+    assert "9999" not in d.reason and "0000" not in d.reason

@@ -63,3 +63,21 @@ def test_warm_start_lists_the_best_and_what_was_reverted(make_repo: MakeRepo) ->
         assert kept < text.index("raise to four") < reverted < text.index("drop to two")
     finally:
         exp.close()
+
+
+def test_weighted_policy_sentence_gives_the_agent_the_score_formula() -> None:
+    from autoexp_mcp.config import parse_config
+
+    cfg = parse_config(
+        {
+            "experiment": {"tag": "t", "target": "t.txt", "eval": "python e.py"},
+            "policy": {"mode": "weighted"},
+            "metric": [
+                {"name": "accuracy", "direction": "max", "weight": 0.5},
+                {"name": "latency_ms", "direction": "min", "weight": 0.3, "transform": "reciprocal"},
+            ],
+        }
+    )
+    assert prompting.policy_sentence(cfg) == (
+        "keep when the weighted score 0.5·accuracy + 0.3·(1/latency_ms) improves (higher is better)."
+    )

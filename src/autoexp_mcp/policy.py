@@ -13,9 +13,10 @@ Order of checks in `decide`, the same in every mode:
 5. explore: every `explore_every`-th experiment is kept regardless of step 4 (never of 1 or 3).
 
 Conventions: "gain" is always signed in the metric's direction (positive = better, see
-`better`); a Decision's `margin` is the gain of the quantity that decided (None when there
-is none, or it is not finite), its `details` are finite numbers for the ledger, and its
-`reason` is one line naming the rule, the numbers compared and the margin.
+`better`); a Decision's `margin` is the gain of the quantity that decided, rounded to
+MARGIN_DIGITS significant digits (None when there is none, or it is not finite), its `details`
+are finite numbers for the ledger, and its `reason` is one line naming the rule, the numbers
+compared and the margin.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ Status = Literal["keep", "discard", "explore", "crash", "timeout"]
 _CF_EPS = 1e-15
 _CF_TINY = 1e-300
 _CF_MAX_ITER = 10_000
+
+# Significant digits of a margin the agent reads: a difference of two floats carries binary
+# noise in its last digits (0.9879 - 0.9 = 0.08789999999999998), which says nothing about the
+# measurement. Reasons print numbers with the same precision (`_fmt`).
+MARGIN_DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,16 @@ class Decision:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.6g}"
+    return f"{x:.{MARGIN_DIGITS}g}"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.{MARGIN_DIGITS}g}"
+
+
+def round_margin(x: float) -> float:
+    """`x` rounded to MARGIN_DIGITS significant digits (never to 0 unless it is 0)."""
+    return float(f"{x:.{MARGIN_DIGITS}g}")
 
 
 def better(m: MetricConfig, a: float, b: float) -> float:
@@ -129,6 +144,10 @@ def decide(
     without a valid value for a configured metric cannot be compared against; a valid
     candidate then replaces it (rule `baseline`), so one bad baseline cannot freeze the run.
     """
+    return _finite(_decide(candidate, incumbent, cfg, experiment_index))
+
+
+def _decide(candidate: Measurement, incumbent: Measurement | None, cfg: Config, experiment_index: int) -> Decision:
     invalid = _check_valid(candidate, cfg.metric, "the candidate")
     if invalid is not None:
         return invalid
@@ -143,15 +162,16 @@ def decide(
             "baseline",
             "baseline: the incumbent has no valid value for every metric; the valid candidate replaces it",
         )
-    normal = _finite(_RULES[cfg.policy.mode](candidate, incumbent, cfg))
+    normal = _RULES[cfg.policy.mode](candidate, incumbent, cfg)
     if explore_due(experiment_index, cfg.policy):
         return _explore(normal, experiment_index, cfg.policy)
     return normal
 
 
 def _finite(d: Decision) -> Decision:
-    """Drop non-finite numbers (a relative change from 0, an overflow): the ledger is strict JSON."""
-    margin = d.margin if d.margin is not None and math.isfinite(d.margin) else None
+    """Drop non-finite numbers (a relative change from 0, an overflow): the ledger is strict JSON.
+    The margin is rounded for the agent; the details keep full precision for the ledger."""
+    margin = round_margin(d.margin) if d.margin is not None and math.isfinite(d.margin) else None
     details = {k: v for k, v in d.details.items() if math.isfinite(v)}
     if margin == d.margin and details == d.details:
         return d
@@ -279,7 +299,7 @@ def _objective(m: MetricConfig, cand: Measurement, inc: Measurement, policy: Pol
     batched = policy.repeats > 1
     head = (
         f"{m.name} {_desc(cand, m.name, batched)} vs incumbent {_desc(inc, m.name, batched)} "
-        f"({_arrow(m)}), margin {gain:+.6g}"
+        f"({_arrow(m)}), margin {_signed(gain)}"
     )
     details = {"candidate": c, "incumbent": i}
     keep, verdict = _plain(gain, policy.min_improvement, policy.keep_ties)
@@ -404,7 +424,7 @@ def _pareto(candidate: Measurement, incumbent: Measurement, cfg: Config) -> Deci
         details[f"gain.{m.name}"] = g
         word = {1: "better", -1: "worse", 0: "tie"}[s]
         tol = f", tolerance {_fmt(m.tolerance)}" if m.tolerance else ""
-        parts.append(f"{m.name} {_fmt(c)} vs {_fmt(i)} ({word}, {g:+.6g}{tol})")
+        parts.append(f"{m.name} {_fmt(c)} vs {_fmt(i)} ({word}, {_signed(g)}{tol})")
     head = "pareto: " + "; ".join(parts)
     worse = [(m, g) for m, g, s in gains if s < 0]
     improved = [(m, g) for m, g, s in gains if s > 0]
@@ -433,9 +453,11 @@ def _pareto(candidate: Measurement, incumbent: Measurement, cfg: Config) -> Deci
 def _orientation(m: MetricConfig) -> float:
     """+1 if the transformed value rises as the metric improves, else -1.
 
-    Direction is the raw metric's: a `min` metric counts negatively, except through
-    `reciprocal` (1/x falls as x rises), so 1/latency_ms counts positively, as in the seed's
-    `0.3 * (1 / latency_ms)`.
+    `direction` always says which way the metric itself, as the eval prints it, is better (the
+    same meaning as in every other mode, the prompt and the report); the transform only shapes
+    its term. So every term rises as its metric improves: a `min` metric counts negatively as
+    itself or its log, and positively through `reciprocal` (1/x rises as x falls). The README's
+    `latency_ms`, direction "min", transform "reciprocal", weight 0.3 is the term +0.3·(1/latency_ms).
     """
     s = 1.0 if m.direction == "max" else -1.0
     return -s if m.transform == "reciprocal" else s
@@ -473,13 +495,15 @@ def weighted_score(meas: Measurement, cfg: Config) -> tuple[float | None, str]:
     return total, ""
 
 
-def _formula(cfg: Config) -> str:
+def weighted_formula(cfg: Config) -> str:
+    """The score as the README writes it: `0.5·accuracy + 0.3·(1/latency_ms) - 1·loss`."""
     out = []
     for m in _weighted_terms(cfg):
         w = (m.weight or 0.0) * _orientation(m)
-        name = {"identity": m.name, "reciprocal": f"1/{m.name}", "log": f"log({m.name})"}[m.transform]
-        out.append(f"{'-' if w < 0 else '+'}{_fmt(abs(w))}·{name}")
-    return " ".join(out)
+        term = {"identity": m.name, "reciprocal": f"(1/{m.name})", "log": f"log({m.name})"}[m.transform]
+        sign = ("-" if w < 0 else "") if not out else (" - " if w < 0 else " + ")
+        out.append(f"{sign}{_fmt(abs(w))}·{term}")
+    return "".join(out)
 
 
 def _weighted(candidate: Measurement, incumbent: Measurement, cfg: Config) -> Decision:
@@ -494,12 +518,12 @@ def _weighted(candidate: Measurement, incumbent: Measurement, cfg: Config) -> De
             f"weighted: the incumbent cannot be scored ({why_i}); the candidate, score {_fmt(sc)}, replaces it",
         )
     gain = sc - si
-    head = f"weighted: score {_fmt(sc)} vs incumbent {_fmt(si)} (score = {_formula(cfg)}, higher is better)"
+    head = f"weighted: score {_fmt(sc)} vs incumbent {_fmt(si)} (score = {weighted_formula(cfg)}, higher is better)"
     if math.isnan(gain):
         return Decision("discard", "weighted", f"{head}: the scores overflowed and cannot be compared")
     keep, verdict = _plain(gain, cfg.policy.min_improvement, cfg.policy.keep_ties)
     details = {"score_candidate": sc, "score_incumbent": si}
-    reason = f"{head}, margin {gain:+.6g}: {verdict}"
+    reason = f"{head}, margin {_signed(gain)}: {verdict}"
     return Decision("keep" if keep else "discard", "weighted", reason, gain, details)
 
 
@@ -540,10 +564,10 @@ def _lexicographic(candidate: Measurement, incumbent: Measurement, cfg: Config) 
         s = _tri(m, g)
         if s == 0:
             within = f" within tolerance {_fmt(m.tolerance)}" if g != 0 else ""
-            parts.append(f"{m.name} {_fmt(c)} vs {_fmt(i)} tie ({g:+.6g}{within})")
+            parts.append(f"{m.name} {_fmt(c)} vs {_fmt(i)} tie ({_signed(g)}{within})")
             continue
         word = "better" if s > 0 else "worse"
-        parts.append(f"{m.name} {_fmt(c)} vs incumbent {_fmt(i)} ({_arrow(m)}), margin {g:+.6g}: {word}")
+        parts.append(f"{m.name} {_fmt(c)} vs incumbent {_fmt(i)} ({_arrow(m)}), margin {_signed(g)}: {word}")
         status: Status = "keep" if s > 0 else "discard"
         return Decision(status, "lexicographic", "lexicographic: " + " -> ".join(parts), g, details)
     head = "lexicographic: " + " -> ".join(parts)
@@ -610,7 +634,7 @@ def drift(old: Measurement, new: Measurement, metric: MetricConfig, noise_sigmas
     way = "better" if g > 0 else "worse" if g < 0 else "unchanged"
     head = (
         f"drift: {name} of the incumbent re-measured {_desc(new, name, batched)} "
-        f"vs {_desc(old, name, batched)} before ({way}, {diff:+.6g}; {_arrow(metric)})"
+        f"vs {_desc(old, name, batched)} before ({way}, {_signed(diff)}; {_arrow(metric)})"
     )
     basis = f"{_fmt(noise_sigmas)}×noise {_fmt(noise)}" if batched and noise > 0 else "tolerance"
     if abs(diff) > bar:

@@ -14,6 +14,7 @@ from .assets import asset_dir
 from .config import Config
 from .errors import ConfigError
 from .ledger import KEPT_STATUSES, Record
+from .policy import weighted_formula
 
 _DOMAIN_RE = re.compile(r"^[a-z0-9_-]{1,40}$")
 WARM_START_RECENT = 8
@@ -74,7 +75,7 @@ def policy_sentence(cfg: Config) -> str:
         "primary_secondary": f"keep when {cfg.metric[0].name} improves and the other metrics stay within "
         "their allowed regression",
         "pareto": "keep when better on at least one metric and worse on none",
-        "weighted": "keep when the weighted score of the metrics improves",
+        "weighted": f"keep when the weighted score {weighted_formula(cfg)} improves (higher is better)",
         "threshold": f"constraints must hold first; then keep when {obj.name} improves",
         "constraints": f"any violated constraint discards at once; then keep when {obj.name} improves",
         "lexicographic": "compare metrics in order; a later metric only breaks ties of the earlier ones",
