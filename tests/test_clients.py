@@ -282,3 +282,16 @@ def test_write_uses_the_given_name(env: dict[str, Any]) -> None:
     assert list(read(s)["mcpServers"]) == ["autoexp-sql"]
     with pytest.raises(ConfigError, match="no server named"):
         write_config(s)
+
+
+@pytest.mark.parametrize(
+    ("platform", "path", "expected"),
+    [
+        ("linux", "/a/bin:/usr/bin:/a/bin:/opt/x:/usr/bin", "/a/bin:/usr/bin:/opt/x"),
+        ("linux", "/usr/bin", "/usr/bin"),
+        ("win32", r"C:\py;C:\Windows;C:\py", r"C:\py;C:\Windows"),
+    ],
+)
+def test_codex_path_is_deduplicated_keeping_order(env: dict[str, Any], platform: str, path: str, expected: str) -> None:
+    s = make("codex", env, platform=platform, environ={**env["environ"], "PATH": path})
+    assert tomllib.loads(s.text)["mcp_servers"]["autoexp"]["env"]["PATH"] == expected

@@ -90,6 +90,11 @@ def _claude_desktop_dir(home: Path, platform: str) -> Path:
     return home / ".config" / "Claude"
 
 
+def _dedup_path(path: str, sep: str) -> str:
+    """PATH without repeated entries, first occurrence kept (the one that wins a lookup)."""
+    return sep.join(dict.fromkeys(path.split(sep)))
+
+
 def _quote_command(argv: list[str], platform: str) -> str:
     if platform == "win32":
         return subprocess.list2cmdline(argv)
@@ -125,6 +130,8 @@ def snippet(
         # Codex starts servers with a short allow-list of variables. Pin PATH and HOME as they
         # are now, so the server (and the eval it runs) finds the same tools as this shell.
         env = {k: environ[k] for k in ("PATH", "HOME") if environ.get(k)}
+        if "PATH" in env:
+            env["PATH"] = _dedup_path(env["PATH"], ";" if platform == "win32" else ":")
         doc: dict[str, Any] = {
             "mcp_servers": {
                 name: {
