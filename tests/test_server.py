@@ -10,10 +10,11 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS
 
 from autoexp_mcp.loop import Experiment
-from autoexp_mcp.server import build_server
+from autoexp_mcp.server import Opener, build_server
 from conftest import CALL_TIMEOUT_S, MakeRepo, call, call_error, cmdline_pids, eval_to_end, git, stdio_params
 
 pytestmark = pytest.mark.anyio
@@ -225,3 +226,56 @@ async def test_json_looking_content_is_written_verbatim(experiment: Experiment, 
         assert "not empty" in await call_error(c, "write_target")
     row = json.loads((experiment.root / "experiments.jsonl").read_text().splitlines()[0])
     assert row["description"] == "null"
+
+
+def _descriptions(node: Any) -> list[str]:
+    """Every "description" string in a listing (tools, their input and output schemas, prompts)."""
+    if isinstance(node, dict):
+        own = [node["description"]] if isinstance(node.get("description"), str) else []
+        return own + [d for v in node.values() for d in _descriptions(v)]
+    if isinstance(node, list):
+        return [d for v in node for d in _descriptions(v)]
+    return []
+
+
+async def test_descriptions_carry_no_source_indentation(experiment: Experiment) -> None:
+    async with Client(build_server(experiment)) as c:
+        listings = [
+            (await c.list_tools()).tools,
+            (await c.list_prompts()).prompts,
+            (await c.list_resources()).resources,
+        ]
+    texts = _descriptions([item.model_dump(mode="json") for listing in listings for item in listing])
+    assert len(texts) > 20
+    for text in texts:
+        assert "\n " not in text and text == text.strip(), repr(text)
+        assert "  " not in text, repr(text)
+
+
+async def test_a_prompt_for_an_unknown_domain_tells_the_client_the_choices(experiment: Experiment) -> None:
+    async with Client(build_server(experiment)) as c:
+        with anyio.fail_after(CALL_TIMEOUT_S), pytest.raises(MCPError) as info:
+            await c.get_prompt("autoexp", {"domain": "astrology"})
+    assert info.value.code == INVALID_PARAMS
+    assert "no prompt template for domain 'astrology'; choose one of: " in info.value.message
+    assert "sql" in info.value.message and "regex" in info.value.message
+
+
+async def test_a_prompt_on_a_dirty_tree_tells_the_client_why(make_repo: MakeRepo) -> None:
+    repo = make_repo()
+    (repo / "evaluate.py").write_text((repo / "evaluate.py").read_text() + "# tweak\n")
+    async with Client(build_server(Opener(lambda: Experiment(repo)))) as c:
+        with anyio.fail_after(CALL_TIMEOUT_S), pytest.raises(MCPError) as info:
+            await c.get_prompt("autoexp")
+    assert info.value.code == INTERNAL_ERROR
+    assert "uncommitted changes to tracked files: evaluate.py" in info.value.message
+
+
+async def test_a_running_eval_says_it_stops_if_this_server_exits(make_repo: MakeRepo) -> None:
+    exp = Experiment(make_repo(value="sleep 3 2"))
+    async with Client(build_server(exp)) as c:
+        description = {t.name: t.description for t in (await c.list_tools()).tools}["run_eval"] or ""
+        ev = await call(c, "run_eval", wait_seconds=0.1)
+        assert ev["status"] == "running"
+        for text in (ev["reason"], description):
+            assert "call run_eval again" in text and "stops if this server exits" in text, text

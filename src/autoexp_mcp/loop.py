@@ -627,7 +627,8 @@ class Experiment:
                     tail=job.tail() if job else "",
                     repeats_done=job.repeats_done if job else 0,
                     reason=f"still running after {elapsed:.0f}s (timeout {self.cfg.experiment.timeout:g}s); "
-                    "call run_eval again to keep waiting on the same run",
+                    "call run_eval again to keep waiting on the same run. It stops if this server exits (as with a "
+                    "client that starts one server per call); the next run_eval then starts it over",
                     next="run_eval",
                     **common,
                 )

@@ -497,7 +497,7 @@ def weighted_score(meas: Measurement, cfg: Config) -> tuple[float | None, str]:
 
 def weighted_formula(cfg: Config) -> str:
     """The score as the README writes it: `0.5·accuracy + 0.3·(1/latency_ms) - 1·loss`."""
-    out = []
+    out: list[str] = []
     for m in _weighted_terms(cfg):
         w = (m.weight or 0.0) * _orientation(m)
         term = {"identity": m.name, "reciprocal": f"(1/{m.name})", "log": f"log({m.name})"}[m.transform]

@@ -25,15 +25,22 @@ def domains() -> list[str]:
     return sorted(p.stem for p in d.glob("*.md"))
 
 
-def _domain_text(domain: str) -> str:
-    if domain in ("", "generic"):
-        return ""
+def check_domain(domain: str | None) -> None:
+    """Raise ConfigError, naming the choices, unless `domain` (None: the config's) has a template."""
+    if domain in (None, "", "generic"):
+        return
+    assert domain is not None
     if not _DOMAIN_RE.match(domain):
         raise ConfigError(f"domain {domain!r} is not a valid name; choose one of: {', '.join(domains())}")
-    path = asset_dir("prompts") / "domains" / f"{domain}.md"
-    if not path.is_file():
+    if not (asset_dir("prompts") / "domains" / f"{domain}.md").is_file():
         raise ConfigError(f"no prompt template for domain {domain!r}; choose one of: {', '.join(domains())}")
-    return path.read_text(encoding="utf-8")
+
+
+def _domain_text(domain: str) -> str:
+    check_domain(domain)
+    if domain in ("", "generic"):
+        return ""
+    return (asset_dir("prompts") / "domains" / f"{domain}.md").read_text(encoding="utf-8")
 
 
 def _fmt(v: float | None) -> str:

@@ -11,6 +11,7 @@ opens it itself.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,8 @@ import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.types import ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import __version__
@@ -35,6 +37,16 @@ log = logging.getLogger("autoexp_mcp")
 
 PROGRESS_EVERY_S = 2.0  # how often run_eval reports progress while it waits
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _described(fn: F) -> F:
+    """Make a docstring the description a client shows: no source indentation, and each
+    paragraph on one line (clients print descriptions as they are, or re-wrap them)."""
+    text = inspect.cleandoc(fn.__doc__ or "")
+    fn.__doc__ = "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+    return fn
+
 
 INSTRUCTIONS = """\
 autoexp runs a guarded experiment loop on ONE target file of a git repository. The server
@@ -170,6 +182,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
     )
 
     @mcp.tool(title="Read the target file", annotations=ToolAnnotations(read_only_hint=True))
+    @_described
     async def read_target() -> TargetView:
         """Return the current content of the target file (the only file you may change), its
         sha256 and line count. Allowed in every phase."""
@@ -179,6 +192,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         title="Write the target file",
         annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False),
     )
+    @_described
     async def write_target(
         content: Annotated[str, Field(description="the whole new file (leave empty when giving edits)")] = "",
         edits: Annotated[list[Edit] | None, Field(description="exact {old, new} replacements, in order")] = None,
@@ -194,6 +208,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         return await _call(lambda exp: exp.write_target(content if pairs is None or content else None, pairs))
 
     @mcp.tool(title="Commit the experiment", annotations=ToolAnnotations(destructive_hint=False))
+    @_described
     async def commit(
         description: Annotated[str, Field(description="the hypothesis this edit tests, one line")],
     ) -> CommitResult:
@@ -202,6 +217,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         return await _call(lambda exp: exp.commit(description))
 
     @mcp.tool(title="Run the eval", annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))
+    @_described
     async def run_eval(
         ctx: Context,
         wait_seconds: Annotated[
@@ -210,8 +226,9 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
     ) -> EvalView:
         """Run the eval harness on the committed experiment (or, first of all, on the untouched
         tree: the baseline) and read the metrics from its output. Waits at most `wait_seconds`;
-        if the eval is still going it returns status "running": call run_eval again, it keeps
-        waiting on the same run. Next: decide."""
+        if the eval is still going it returns status "running": call run_eval again to keep
+        waiting on the same run. It stops if this server exits (as with a client that starts one
+        server per call); the next run_eval then starts it over. Next: decide."""
         started = anyio.current_time()
 
         def start(e: Experiment) -> tuple[Experiment, _Job | None, EvalView | None]:
@@ -237,6 +254,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         return await _call(lambda e: e.eval_view())
 
     @mcp.tool(title="Keep or revert", annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False))
+    @_described
     async def decide() -> DecideResult:
         """Apply the keep/revert rule to the measured result: keep the commit if it beats the
         incumbent, otherwise reset the branch to the incumbent (also on crash or timeout).
@@ -244,6 +262,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         return await _call(lambda exp: exp.decide())
 
     @mcp.tool(title="Log the result", annotations=ToolAnnotations(destructive_hint=False))
+    @_described
     async def log_result(
         notes: Annotated[str, Field(description="what you learned from this experiment")] = "",
         description: Annotated[str, Field(description="replaces the commit description in the log")] = "",
@@ -256,32 +275,45 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         return await _call(lambda exp: exp.log_result(description or None, notes, tokens_used, cost_usd))
 
     @mcp.tool(title="Budget status", annotations=ToolAnnotations(read_only_hint=True))
+    @_described
     async def budget_status() -> BudgetStatus:
         """Experiments used and left, cost, hours, crashes in a row, whether to stop, the phase
         and the next tool. Allowed in every phase."""
         return await _call(lambda exp: exp.budget_status())
 
     @mcp.prompt(name="autoexp", title="Autonomous experiment loop")
+    @_described
     def autoexp_prompt(domain: str | None = None) -> str:
         """Instructions for running the experiment loop on this repository, filled from
         autoexp.toml, with what has been tried so far."""
+        # The SDK replaces any other exception's text with "Error rendering prompt autoexp";
+        # an MCPError reaches the client as it is, as a JSON-RPC error with this message.
+        from .prompting import check_domain
+
+        try:
+            check_domain(domain)
+        except AutoexpError as e:
+            raise MCPError(INVALID_PARAMS, str(e)) from None
         try:
             return opener.get().render_prompt(domain)
         except AutoexpError as e:
-            raise ValueError(str(e)) from None
+            raise MCPError(INTERNAL_ERROR, str(e)) from None
 
     @mcp.resource("autoexp://config", name="config", title="autoexp.toml", mime_type="application/toml")
+    @_described
     def config_resource() -> str:
         """The experiment's configuration."""
         return (_open_or_fail().root / "autoexp.toml").read_text(encoding="utf-8")
 
     @mcp.resource("autoexp://results", name="results", title="results.tsv", mime_type="text/tab-separated-values")
+    @_described
     def results_resource() -> str:
         """Every experiment so far: commit, metrics, status, description."""
         book = _open_or_fail().ledger
         return book.tsv.read_text(encoding="utf-8") if book.tsv.exists() else book.header
 
     @mcp.resource("autoexp://last-log", name="last-log", title="Last eval output", mime_type="text/plain")
+    @_described
     def last_log_resource() -> str:
         """The tail of the most recent eval run's output."""
         from .runner import read_tail  # loaded with the Experiment by now
@@ -290,6 +322,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         return read_tail(log_path, 8000) if log_path else "(no eval has run yet)"
 
     @mcp.resource("autoexp://report", name="report", title="Progress report", mime_type="text/markdown")
+    @_described
     def report_resource() -> str:
         """A Markdown summary of the run: improvement, counts, kept changes, what paid off."""
         return _open_or_fail().report_markdown()
