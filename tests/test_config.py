@@ -76,14 +76,14 @@ def test_parsed_config_is_frozen() -> None:
     ("where", "expected_key"),
     [
         ("top", "bogus"),
-        ("experiment", "experiment.bogus"),
-        ("metric", "metric[0].bogus"),
-        ("budget", "budget.bogus"),
-        ("policy", "policy.bogus"),
-        ("holdout", "holdout.bogus"),
-        ("stage", "stage[0].bogus"),
-        ("stage_metric", "stage[0].metric[0].bogus"),
-        ("stage_budget", "stage[0].budget.bogus"),
+        ("experiment", "[experiment].bogus"),
+        ("metric", "[[metric]] #1 .bogus"),
+        ("budget", "[budget].bogus"),
+        ("policy", "[policy].bogus"),
+        ("holdout", "[holdout].bogus"),
+        ("stage", "[[stage]] #1 .bogus"),
+        ("stage_metric", "[[stage]] #1 [[stage.metric]] #1 .bogus"),
+        ("stage_budget", "[[stage]] #1 [stage.budget].bogus"),
     ],
 )
 def test_unknown_key_at_every_level_is_refused_naming_key_and_file(where: str, expected_key: str) -> None:
@@ -109,13 +109,15 @@ def test_unknown_key_at_every_level_is_refused_naming_key_and_file(where: str, e
         data["stage"] = [stage]
     msg = config_error(data, "/repo/autoexp.toml")
     assert msg.startswith("/repo/autoexp.toml: ")
-    assert f"unknown key {expected_key!r}" in msg
+    assert f"unknown key {expected_key}: remove it or check its spelling" in msg
 
 
 def test_missing_required_key_is_named() -> None:
     data = minimum()
     del data["experiment"]["eval"]
-    assert "missing key 'experiment.eval'" in config_error(data)
+    assert "missing key [experiment].eval: add it (split with shlex, run from the repo root, no shell)" in config_error(
+        data
+    )
 
 
 def test_no_metric_at_all_is_refused() -> None:
@@ -127,22 +129,22 @@ def test_no_metric_at_all_is_refused() -> None:
 @pytest.mark.parametrize(
     ("changes", "fragments"),
     [
-        ({"metric": [{"name": "f1", "direction": "up"}]}, ["metric[0].direction", "'max'", "'min'"]),
-        ({"experiment": {"tag": "has space"}}, ["experiment.tag", "'has space'", "autoexp/<tag>"]),
-        ({"experiment": {"tag": "-rf"}}, ["experiment.tag", "starting with a letter or digit"]),
-        ({"experiment": {"tag": "a..b"}}, ["experiment.tag"]),
-        ({"experiment": {"tag": "x.lock"}}, ["experiment.tag"]),
-        ({"experiment": {"tag": ""}}, ["experiment.tag"]),
-        ({"experiment": {"target": "../outside.py"}}, ["experiment.target", "relative to the repository root"]),
-        ({"experiment": {"target": "sub/../../outside.py"}}, ["experiment.target", "inside it"]),
-        ({"experiment": {"target": "/etc/passwd"}}, ["experiment.target", "'/etc/passwd'"]),
-        ({"experiment": {"target": "-flag"}}, ["experiment.target"]),
-        ({"experiment": {"target": ""}}, ["experiment.target"]),
-        ({"experiment": {"timeout": 0}}, ["experiment.timeout", "greater than 0"]),
-        ({"experiment": {"timeout": -5}}, ["experiment.timeout", "greater than 0"]),
-        ({"experiment": {"eval": ""}}, ["experiment.eval", "the command is empty"]),
-        ({"experiment": {"eval": "   "}}, ["experiment.eval", "the command is empty"]),
-        ({"experiment": {"eval": "python 'unclosed"}}, ["experiment.eval", "cannot split the command"]),
+        ({"metric": [{"name": "f1", "direction": "up"}]}, ["[[metric]] #1 .direction", '"max"', '"min"']),
+        ({"experiment": {"tag": "has space"}}, ["[experiment].tag", "'has space'", "autoexp/<tag>"]),
+        ({"experiment": {"tag": "-rf"}}, ["[experiment].tag", "starting with a letter or digit"]),
+        ({"experiment": {"tag": "a..b"}}, ["[experiment].tag"]),
+        ({"experiment": {"tag": "x.lock"}}, ["[experiment].tag"]),
+        ({"experiment": {"tag": ""}}, ["[experiment].tag"]),
+        ({"experiment": {"target": "../outside.py"}}, ["[experiment].target", "relative to the repository root"]),
+        ({"experiment": {"target": "sub/../../outside.py"}}, ["[experiment].target", "inside it"]),
+        ({"experiment": {"target": "/etc/passwd"}}, ["[experiment].target", "'/etc/passwd'"]),
+        ({"experiment": {"target": "-flag"}}, ["[experiment].target"]),
+        ({"experiment": {"target": ""}}, ["[experiment].target"]),
+        ({"experiment": {"timeout": 0}}, ["[experiment].timeout", "greater than 0"]),
+        ({"experiment": {"timeout": -5}}, ["[experiment].timeout", "greater than 0"]),
+        ({"experiment": {"eval": ""}}, ["[experiment].eval", "the command is empty"]),
+        ({"experiment": {"eval": "   "}}, ["[experiment].eval", "the command is empty"]),
+        ({"experiment": {"eval": "python 'unclosed"}}, ["[experiment].eval", "cannot split the command"]),
         ({"metric": [{"name": "f1", "direction": "max", "pattern": "f1: \\S+"}]}, ["exactly one capture group", "0"]),
         (
             {"metric": [{"name": "f1", "direction": "max", "pattern": "(f1): (\\S+)"}]},
@@ -153,16 +155,16 @@ def test_no_metric_at_all_is_refused() -> None:
             {"metric": [{"name": "f1", "direction": "max", "pattern": "f1: (\\S+)", "json_key": "f1"}]},
             ["pattern or json_key, not both"],
         ),
-        ({"metric": [{"name": "has space", "direction": "max"}]}, ["metric[0].name", "no spaces"]),
-        ({"metric": [{"name": "f1", "direction": "max", "file": "../out.json"}]}, ["metric[0].file"]),
+        ({"metric": [{"name": "has space", "direction": "max"}]}, ["[[metric]] #1 .name", "no spaces"]),
+        ({"metric": [{"name": "f1", "direction": "max", "file": "../out.json"}]}, ["[[metric]] #1 .file"]),
         (
             {"metric": [{"name": "f1", "direction": "max"}, {"name": "f1", "direction": "min"}]},
             ["metric names must be unique", "f1"],
         ),
-        ({"budget": {"max_experiments": 0}}, ["budget.max_experiments"]),
-        ({"policy": {"mode": "bestof"}}, ["policy.mode"]),
-        ({"experiment": {"protect": ["../data/*"]}}, ["experiment.protect", "protect entry"]),
-        ({"holdout": {"eval": ""}}, ["holdout.eval", "the command is empty"]),
+        ({"budget": {"max_experiments": 0}}, ["[budget].max_experiments"]),
+        ({"policy": {"mode": "bestof"}}, ["[policy].mode"]),
+        ({"experiment": {"protect": ["../data/*"]}}, ["[experiment].protect", "protect entry"]),
+        ({"holdout": {"eval": ""}}, ["[holdout].eval", "the command is empty"]),
     ],
 )
 def test_bad_value_gives_clear_message(changes: dict[str, Any], fragments: list[str]) -> None:
@@ -243,8 +245,8 @@ def test_stage_view_swaps_target_metrics_and_budget() -> None:
 
 def test_several_errors_are_all_reported() -> None:
     msg = config_error(with_changes(experiment={"timeout": 0, "tag": "bad tag"}))
-    assert "experiment.timeout" in msg
-    assert "experiment.tag" in msg
+    assert "[experiment].timeout must be greater than 0, got 0" in msg
+    assert "[experiment].tag: tag 'bad tag'" in msg
 
 
 @pytest.mark.parametrize(
@@ -292,7 +294,7 @@ def test_load_config_missing_file_says_to_run_init(tmp_path: Path) -> None:
         load_config(tmp_path)
     msg = str(info.value)
     assert str(tmp_path / CONFIG_FILE) in msg
-    assert "autoexp-mcp init" in msg
+    assert "autoexp-mcp init --target FILE --eval 'CMD' --metric NAME:max|min" in msg
 
 
 def test_load_config_invalid_toml_names_the_file(tmp_path: Path) -> None:
@@ -314,7 +316,7 @@ def test_load_config_errors_name_the_file_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
     assert str(info.value).startswith(f"{tmp_path / CONFIG_FILE}: ")
-    assert "unknown key 'extra'" in str(info.value)
+    assert "unknown table [extra]: remove it or check its spelling" in str(info.value)
 
 
 def test_config_error_has_its_exit_code() -> None:
@@ -339,3 +341,104 @@ def test_settings_that_would_have_no_effect_are_refused(metric_extra: dict, mode
     }
     with pytest.raises(ConfigError, match=message):
         parse_config(data)
+
+
+# Each kind of pydantic error, as a user reads it: the key path in TOML, what is wrong, the fix.
+TOML_WORDS = [
+    (
+        {"metric": {"name": "f1", "direction": "max"}},
+        "[metric] must be an array of tables — write [[metric]] (double brackets), once per metric",
+    ),
+    (
+        {"experiment": [{"tag": "t", "target": "a", "eval": "e"}]},
+        "[[experiment]] must be a single table — write [experiment] (single brackets), once",
+    ),
+    ({"experiment": "x"}, '[experiment] must be a table (a [experiment] header with its keys below it), got "x"'),
+    ({"experiment": {"timeout": "abc"}}, '[experiment].timeout must be a number, got "abc"'),
+    ({"experiment": {"tag": 7}}, "[experiment].tag must be a string in quotes, got 7"),
+    (
+        {"experiment": {"protect": "data/**"}},
+        '[experiment].protect must be an array, got "data/**": write protect = ["data/**"]',
+    ),
+    ({"experiment": {"protect": [1]}}, "[experiment].protect entry #1 must be a string in quotes, got 1"),
+    ({"budget": {"max_experiments": 0}}, "[budget].max_experiments must be at least 1, got 0"),
+    ({"experiment": {"timeout": 0}}, "[experiment].timeout must be greater than 0, got 0"),
+    ({"experiment": {"wait_seconds": 7200}}, "[experiment].wait_seconds must be at most 3600, got 7200"),
+    ({"policy": {"alpha": 1}}, "[policy].alpha must be less than 1, got 1"),
+    ({"policy": {"repeats": 1.5}}, "[policy].repeats must be a whole number, got 1.5"),
+    ({"policy": {"keep_ties": "maybe"}}, '[policy].keep_ties must be true or false, got "maybe"'),
+    (
+        {"policy": {"significance": "t"}},
+        '[policy].significance must be one of "sigma", "welch", got "t"',
+    ),
+    (
+        {"metric": [{"name": "f1", "direction": "max"}, {"name": "f2", "direction": "up"}]},
+        '[[metric]] #2 .direction must be one of "max", "min", got "up"',
+    ),
+    ({"metric": [{"name": "f1"}]}, 'missing key [[metric]] #1 .direction: add it (one of "max", "min")'),
+    ({"experiment": None}, "missing table [experiment]: add it with the keys tag, target and eval"),
+    (
+        {"metrics": [{"name": "f1", "direction": "max"}]},
+        "unknown table [[metrics]]: remove it or check its spelling (did you mean [[metric]]?)",
+    ),
+    ({"budgett": {}}, "unknown table [budgett]: remove it or check its spelling (did you mean [budget]?)"),
+    (
+        {"experiment": {"timout": 5}},
+        "unknown key [experiment].timout: remove it or check its spelling (did you mean timeout?)",
+    ),
+    (
+        {"stage": [{"name": "s", "target": "b.txt", "metric": []}]},
+        "[[stage]] #1 needs at least one [[stage.metric]]",
+    ),
+    (
+        {"stage": [{"name": "s", "target": "b.txt", "metric": {"name": "x", "direction": "max"}}]},
+        "[[stage]] #1 [stage.metric] must be an array of tables — "
+        "write [[stage.metric]] (double brackets), once per metric",
+    ),
+    (
+        {
+            "stage": [
+                {
+                    "name": "s",
+                    "target": "b.txt",
+                    "metric": [{"name": "x", "direction": "max"}],
+                    "budget": {"max_experiments": 0},
+                }
+            ]
+        },
+        "[[stage]] #1 [stage.budget].max_experiments must be at least 1, got 0",
+    ),
+    (
+        {"metric": [{"name": "f1", "direction": "max", "pattern": "f1: (\\S+)", "json_key": "f1"}]},
+        "[[metric]] #1: metric 'f1': give pattern or json_key, not both",
+    ),
+    ({"experiment": {"tag": "has space"}}, "[experiment].tag: tag 'has space' must be 1-64 characters"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"), TOML_WORDS, ids=[m.split(" ")[0] + str(i) for i, (_, m) in enumerate(TOML_WORDS)]
+)
+def test_config_errors_speak_toml(changes: dict[str, Any], message: str) -> None:
+    data = with_changes(**copy.deepcopy(changes))
+    data = {k: v for k, v in data.items() if v is not None}
+    msg = config_error(data)
+    assert msg.startswith(f"autoexp.toml: {message}"), msg
+    assert "Input should" not in msg and "valid tuple" not in msg
+
+
+def test_single_brackets_for_a_metric_name_the_file_and_the_fix(tmp_path: Path) -> None:
+    (tmp_path / CONFIG_FILE).write_text(MINIMUM_TOML.replace("[[metric]]", "[metric]"), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / CONFIG_FILE}: [metric] must be an array of tables — "
+        "write [[metric]] (double brackets), once per metric"
+    )
+
+
+def test_the_readme_quotes_these_messages_as_the_code_writes_them() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    flat = " ".join(readme.split())
+    quoted = [message for _, message in TOML_WORDS if f"`{message}`" in flat or f"`autoexp.toml: {message}`" in flat]
+    assert len(quoted) == 3, quoted

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import tomlerrors
 from .errors import ConfigError
 
 CONFIG_FILE = "autoexp.toml"
@@ -364,30 +365,11 @@ def _check_metrics(metrics: tuple[MetricConfig, ...], policy: PolicyConfig, wher
 # --- loading and writing ------------------------------------------------------------------
 
 
-def _loc(err: Any) -> str:
-    parts: list[str] = []
-    for p in err.get("loc", ()):
-        if isinstance(p, int):
-            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        else:
-            parts.append(str(p))
-    return ".".join(parts) or "(top level)"
-
-
 def parse_config(data: dict[str, Any], source: str = CONFIG_FILE) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            key = _loc(err)
-            if err["type"] == "extra_forbidden":
-                lines.append(f"unknown key {key!r}: remove it or check its spelling")
-            elif err["type"] == "missing":
-                lines.append(f"missing key {key!r}")
-            else:
-                msg = str(err["msg"]).removeprefix("Value error, ")
-                lines.append(f"{key}: {msg}")
+        lines = [tomlerrors.describe(err, Config) for err in e.errors()]
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 
@@ -396,7 +378,7 @@ def load_config(repo: Path) -> Config:
     if not path.is_file():
         raise ConfigError(
             f"{path}: no config file. Create one with "
-            "`autoexp-mcp init --target FILE --eval 'CMD' --metric NAME --direction max|min`."
+            "`autoexp-mcp init --target FILE --eval 'CMD' --metric NAME:max|min`."
         )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
