@@ -107,6 +107,8 @@ def test_init_writes_a_config_that_check_accepts(echo_repo: Path, home: Path) ->
     cfg = tomllib.loads((echo_repo / "autoexp.toml").read_text())
     assert cfg["experiment"]["target"] == "value.txt" and cfg["metric"] == [{"name": "score", "direction": "max"}]
 
+    git(echo_repo, "add", "autoexp.toml")
+    git(echo_repo, "commit", "-q", "-m", "autoexp config")
     res = cli("check", "--repo", str(echo_repo), home=home)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "metric:  score = 0.5  (max;" in res.stdout
@@ -128,9 +130,122 @@ def test_init_rejects_a_bad_metric_direction_with_exit_code_2(echo_repo: Path, h
     res = init_echo(echo_repo, home, "--metric", "score:up")
     assert res.returncode == 2
     assert res.stderr.strip() == (
-        "autoexp-mcp: error: --metric 'score:up': the direction must be 'max' or 'min' (e.g. f1:max)"
+        "autoexp-mcp: error: --metric score:up: the direction after ':' must be max or min; "
+        "write it as NAME:max|min, e.g. --metric score:max"
     )
     assert not (echo_repo / "autoexp.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        *[
+            (n, "min")
+            for n in (
+                "val_loss",
+                "loss",
+                "latency_ms",
+                "error_rate",
+                "exec_time_ms",
+                "decode_time_ms",
+                "val_bpb",
+                "wer",
+                "mse",
+                "rmse",
+                "mae",
+                "perplexity",
+                "memory_mb",
+                "model_mb",
+                "size_bytes",
+                "cost_usd",
+                "p99LatencyMs",
+                "runtime_seconds",
+                "errors_per_hour",
+                "miss_rate",
+                "nll",
+            )
+        ],
+        *[
+            (n, "max")
+            for n in (
+                "accuracy",
+                "val_accuracy",
+                "top1_acc",
+                "f1",
+                "f1_score",
+                "auc",
+                "roc_auc",
+                "precision",
+                "recall",
+                "throughput",
+                "qps",
+                "reward",
+                "bleu",
+                "hit_rate",
+                "win_rate",
+                "score",
+                "data_quality",
+                "rows_per_sec",
+                "tokens_per_second",
+                "speedup",
+                "pass_rate",
+            )
+        ],
+        *[(n, None) for n in ("compression_ratio", "speed", "x", "loss_reduction", "rows_per_batch", "value")],
+    ],
+)
+def test_direction_is_inferred_only_from_usual_metric_names(name: str, expected: str | None) -> None:
+    from autoexp_mcp.metricnames import infer_direction
+
+    found = infer_direction(name)
+    assert (found[0] if found else None) == expected, found
+
+
+@pytest.mark.parametrize(
+    ("metric", "direction", "word"),
+    [
+        ("val_loss", "min", "loss"),
+        ("latency_ms", "min", "latency"),
+        ("error_rate", "min", "error"),
+        ("f1", "max", "f1"),
+    ],
+)
+def test_init_infers_the_direction_from_the_name_and_says_so(
+    echo_repo: Path, home: Path, metric: str, direction: str, word: str
+) -> None:
+    res = init_echo(echo_repo, home, "--metric", metric)
+    assert res.returncode == 0, res.stderr
+    cfg = tomllib.loads((echo_repo / "autoexp.toml").read_text())
+    assert cfg["metric"] == [{"name": metric, "direction": direction}]
+    other = "max" if direction == "min" else "min"
+    better = "lower" if direction == "min" else "higher"
+    assert res.stderr == (
+        f'autoexp-mcp: --metric {metric}: direction = "{direction}" ({better} is better), inferred from '
+        f"'{word}' in the name; write --metric {metric}:{other} if that is wrong\n"
+    )
+
+
+def test_init_refuses_a_name_it_cannot_read_a_direction_from(echo_repo: Path, home: Path) -> None:
+    res = init_echo(echo_repo, home, "--metric", "speed")
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        "autoexp-mcp: error: --metric speed: cannot tell from the name whether higher or lower is better; "
+        "write it as NAME:max|min, e.g. --metric speed:max or --metric speed:min"
+    )
+    assert not (echo_repo / "autoexp.toml").exists()
+
+
+def test_init_direction_flag_applies_to_metrics_without_one(echo_repo: Path, home: Path) -> None:
+    res = init_echo(echo_repo, home, "--metric", "speed", "--metric", "acc:max", "--direction", "min")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    cfg = tomllib.loads((echo_repo / "autoexp.toml").read_text())
+    assert [(m["name"], m["direction"]) for m in cfg["metric"]] == [("speed", "min"), ("acc", "max")]
+
+
+def test_readme_and_errors_write_the_metric_as_name_max_or_min() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "--metric NAME:max\\|min" in readme and "--metric val_loss:min" in readme
+    assert "NAME[:max" not in readme and "--direction max|min" not in readme
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import AutoexpError, ConfigError
+from .metricnames import infer_direction
 
 log = logging.getLogger("autoexp_mcp")
 
@@ -71,11 +72,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- init --------------------------------------------------------------------------------
 
 
-def _metric_spec(spec: str, default_direction: str) -> tuple[str, str]:
-    name, _, direction = spec.partition(":")
-    direction = direction or default_direction
-    if direction not in ("max", "min"):
-        raise ConfigError(f"--metric {spec!r}: the direction must be 'max' or 'min' (e.g. f1:max)")
+def _metric_spec(spec: str, default_direction: str | None) -> tuple[str, str]:
+    name, colon, direction = spec.partition(":")
+    fix = f"write it as NAME:max|min, e.g. --metric {name}:max"
+    if colon and direction not in ("max", "min"):
+        raise ConfigError(f"--metric {spec}: the direction after ':' must be max or min; {fix}")
+    if direction or default_direction:
+        return name, direction or str(default_direction)
+    inferred = infer_direction(name)
+    if inferred is None:
+        raise ConfigError(
+            f"--metric {spec}: cannot tell from the name whether higher or lower is better; "
+            f"{fix} or --metric {name}:min"
+        )
+    direction, word = inferred
+    better, other = ("lower", "max") if direction == "min" else ("higher", "min")
+    print(
+        f'autoexp-mcp: --metric {name}: direction = "{direction}" ({better} is better), inferred from '
+        f"'{word}' in the name; write --metric {name}:{other} if that is wrong",
+        file=sys.stderr,
+    )
     return name, direction
 
 
@@ -88,7 +104,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path} already exists; pass --force to overwrite it.")
     metrics = [_metric_spec(m, args.direction) for m in (args.metric or [])]
     if not metrics:
-        raise ConfigError("give at least one --metric NAME (optionally NAME:max or NAME:min).")
+        raise ConfigError("give at least one --metric NAME:max|min (max: higher is better).")
     tag = args.tag or f"{Path(args.target).stem}-{metrics[0][0]}".replace(" ", "-")
     text = starter_config(
         tag=tag,
@@ -309,8 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     _repo_arg(p)
     p.add_argument("--target", required=True, help="the one file the agent may edit")
     p.add_argument("--eval", required=True, help="the eval command (run without a shell)")
-    p.add_argument("--metric", action="append", help="metric name, optionally NAME:max or NAME:min; repeatable")
-    p.add_argument("--direction", choices=("max", "min"), default="max", help="default direction")
+    p.add_argument(
+        "--metric",
+        action="append",
+        help="NAME:max|min (max: higher is better); for usual names (val_loss, accuracy…) the direction "
+        "may be left out and is inferred; repeatable",
+    )
+    p.add_argument(
+        "--direction", choices=("max", "min"), default=None, help="the direction of every --metric given without one"
+    )
     p.add_argument("--tag", default=None, help="branch autoexp/<tag> (default: from target and metric)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per eval run")
     p.add_argument("--max-experiments", type=int, default=100)
