@@ -204,13 +204,23 @@ def test_repository_is_read_only_except_writable_dirs_and_metric_files(repo: Pat
 
 
 @needs_bwrap
-def test_hidden_paths_are_invisible_inside_and_outside_the_repository(repo: Path, outside: Path) -> None:
+def test_hidden_paths_are_invisible_inside_and_outside_the_repository(
+    repo: Path, outside: Path, tmp_path: Path
+) -> None:
     (outside / "key").write_text("server secret")
+    (tmp_path / "key-dir").mkdir()  # under /tmp, which the sandbox replaces anyway: still fine to name
     plan = Plan(root=repo)
     visible = ops(plan, ("read", str(outside / "key")), ("list", str(repo / ".git")))
     assert visible[0] == "ok:server secret" and "HEAD" in visible[1]  # so the checks below can fail
 
-    hidden = (repo / ".git", repo / ".autoexp", repo / "results.tsv", outside, repo / "missing.tsv")
+    hidden = (
+        repo / ".git",
+        repo / ".autoexp",
+        repo / "results.tsv",
+        outside,
+        repo / "missing.tsv",
+        tmp_path / "key-dir",
+    )
     got = ops(
         Plan(root=repo, hidden=hidden),
         ("list", str(repo / ".git")),
@@ -233,19 +243,20 @@ def test_hidden_paths_are_invisible_inside_and_outside_the_repository(repo: Path
 
 @needs_bwrap
 def test_private_tmp_home_and_shm_are_empty_and_writable(repo: Path) -> None:
-    host_file = Path(tempfile.gettempdir()) / f"autoexp-host-{uuid.uuid4().hex}"
+    host_file = Path("/tmp") / f"autoexp-host-{uuid.uuid4().hex}"
     host_file.write_text("host")
     try:
         got = py(
             Plan(root=repo),
             f"""
-            import json, os, tempfile
+            import json, os
             home = os.environ["HOME"]
-            seen = [os.listdir(home), os.path.exists({str(host_file)!r}), tempfile.gettempdir()]
+            seen = [os.listdir(home), os.path.exists({str(host_file)!r}), os.environ["TMPDIR"]]
             for d in (home, "/tmp", "/dev/shm"):
                 open(os.path.join(d, {host_file.name!r}), "w").write("x")
             print(json.dumps(seen + [home, os.getcwd(), os.listdir("/run")]))
             """,
+            env={**os.environ, "TMPDIR": str(repo), "HOME": str(repo)},  # both read-only in there
         )
         assert host_file.read_text() == "host"  # the sandbox wrote its own /tmp
     finally:
@@ -281,6 +292,19 @@ def test_eval_cannot_see_or_signal_the_servers_processes(repo: Path) -> None:
     most, seen, killed, own = got
     assert seen == [] and killed == "no such process"
     assert most < 10 and own > 1  # its own PID namespace; bwrap's reaper is pid 1
+
+
+@needs_bwrap
+@pytest.mark.parametrize("network", [False, True])
+def test_eval_runs_in_namespaces_and_a_session_of_its_own(repo: Path, network: bool) -> None:
+    """Its own session: no controlling terminal to push keystrokes into (TIOCSTI)."""
+    kinds = ["mnt", "pid", "ipc", "uts", "cgroup", "net"]
+    code = f"import json, os; print(json.dumps([os.getsid(0), [os.readlink('/proc/self/ns/' + k) for k in {kinds!r}]]))"
+    sid, inside = py(Plan(root=repo, network=network), code)
+    outside = [os.readlink(f"/proc/self/ns/{k}") for k in kinds]
+    shared = [k for k, i, o in zip(kinds, inside, outside, strict=True) if i == o]
+    assert sid == 1  # bwrap's pid 1 called setsid() for the sandbox
+    assert shared == (["net"] if network else [])
 
 
 @needs_bwrap
