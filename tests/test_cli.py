@@ -425,6 +425,29 @@ def test_serve_refuses_a_dirty_tree_and_lists_the_files(make_repo: MakeRepo, hom
     assert git(repo, "branch", "--show-current") == "main"
 
 
+def test_serve_from_a_shell_on_a_dirty_tree_says_why_once_in_shell_words(make_repo: MakeRepo, home: Path) -> None:
+    repo = make_repo()
+    (repo / "evaluate.py").write_text((repo / "evaluate.py").read_text() + "# tweak\n")
+    res = cli("serve", "--repo", str(repo), home=home)
+    assert res.returncode == 1
+    assert res.stderr.count("uncommitted changes to tracked files: evaluate.py") == 1, res.stderr
+    assert "Commit or stash them first" in res.stderr and "Then start `autoexp-mcp serve` again." in res.stderr
+    assert "tool call" not in res.stderr, res.stderr
+    assert res.stdout == ""
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_serve_with_a_repo_that_is_no_directory_says_so_once(tmp_path: Path, home: Path, kind: str) -> None:
+    repo = tmp_path / "nope"
+    if kind == "file":
+        repo.write_text("")
+    res = cli("serve", "--repo", str(repo), home=home)
+    assert res.returncode == 1
+    what = "no such directory" if kind == "missing" else "not a directory"
+    assert res.stderr.count(f"--repo {repo}: {what}") == 1, res.stderr
+    assert "not inside a git repository" not in res.stderr
+
+
 def _new_tag_from_best(repo: Path, home: Path) -> tuple[Path, str]:
     """After tag t reached a kept best, name a new tag on main and serve it from that best."""
     best = git(repo, "rev-parse", "HEAD")

@@ -279,3 +279,10 @@ async def test_a_running_eval_says_it_stops_if_this_server_exits(make_repo: Make
         assert ev["status"] == "running"
         for text in (ev["reason"], description):
             assert "call run_eval again" in text and "stops if this server exits" in text, text
+
+
+async def test_a_client_of_a_server_whose_repo_does_not_exist_hears_so(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    async with Client(stdio_params(missing)) as c:
+        text = await call_error(c, "budget_status")
+    assert f"--repo {missing}: no such directory" in text and "git repository" not in text

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import AutoexpError, ConfigError
+from .errors import AutoexpError, ConfigError, GitError
 from .metricnames import infer_direction
 
 log = logging.getLogger("autoexp_mcp")
@@ -46,6 +47,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def open_experiment():  # in a worker thread, while the client's handshake is answered
         from .loop import Experiment
 
+        if not repo.is_dir():
+            what = "not a directory" if repo.exists() else "no such directory"
+            raise GitError(f"--repo {repo}: {what}; give the path of the repository to experiment on")
         exp = Experiment(repo, from_commit=from_commit)
         log.info("autoexp-mcp %s serving %s on branch %s", __version__, exp.root, exp.cfg.experiment.branch)
         return exp
@@ -60,13 +64,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    said = _OpenFailures()
+    log.addFilter(said)
     try:
         anyio.run(serve_stdio, build_server(opener))
     finally:
         opener.close()
-    if opener.experiment is None and opener.error is not None:
-        raise opener.error  # never opened: say why, and exit non-zero
+        log.removeFilter(said)
+    if opener.experiment is None and opener.error is not None:  # never opened: say why, exit non-zero
+        text = _for_shell(opener.error)
+        if text not in said.texts:
+            print(f"autoexp-mcp: error: {text}", file=sys.stderr)
+        return opener.error.exit_code
     return 0
+
+
+def _for_shell(e: AutoexpError) -> str:
+    """An open failure for whoever reads serve's stderr (a person at a shell, or a client's log):
+    without the advice meant for the agent, which retries with its next tool call."""
+    text = re.sub(r"\s*\([^()]*next tool call[^()]*\)", "", str(e))
+    return text if text == str(e) else f"{text} Then start `autoexp-mcp serve` again."
+
+
+class _OpenFailures(logging.Filter):
+    """Rewrites the server's "cannot open the experiment" log lines with `_for_shell` and keeps
+    their texts, so that serve's exit does not print the same reason a second time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 1 and isinstance(args[0], AutoexpError):
+            text = _for_shell(args[0])
+            record.args = (text,)
+            self.texts.add(text)
+        return True
 
 
 # --- init --------------------------------------------------------------------------------
