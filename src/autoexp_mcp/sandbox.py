@@ -5,15 +5,17 @@ The target's code runs inside the eval, so the eval is untrusted. `wrap()` build
 argv; the runner starts it like any eval (its own session, killed as a process group). What
 the sandbox gives, and why each piece is there:
 
-- `/` read-only, then a private `/tmp`, `/dev/shm` and `/run` (tmpfs), then the repository
-  again read-only (it may live under `/tmp`), then the writable dirs, the metric file binds,
-  and last the hidden paths, so nothing declared later can uncover them.
+- `/` read-only, then a private `/dev` (bwrap's tmpfs with null, zero, random and the like,
+  and an empty writable `/dev/shm`), `/tmp` and `/run`, then the repository again read-only
+  when it lives under one of those, then the writable dirs, the metric file binds, and last
+  the hidden paths, so nothing declared later can uncover them.
 - `/run` is empty because a unix socket can be connected to through a read-only mount: the
   user's session bus or systemd there would run commands outside the sandbox.
 - `--cap-drop ALL`: bwrap run by root keeps every capability by default, and with
   CAP_SYS_ADMIN the eval could unmount the tmpfs over `.git` or remount the repository
   read-write. Root without capabilities may still write most sysctls (the kernel checks the
-  uid, not a capability), so `/proc/sys` is bound read-only, and so is `/proc/sysrq-trigger`.
+  uid, not a capability), so `/proc/sys` is bound read-only (bwrap covers `/proc/sysrq-trigger`
+  itself, but skips `/proc/sys`, whose directory mode has no write bit).
 - `--unshare-pid` and a fresh `/proc`: the eval cannot see or signal the server. bwrap keeps
   a pid 1 that reaps zombies; when pid 1 dies, the kernel kills everything in the namespace.
 - `--new-session`: the eval cannot push keystrokes into a terminal (TIOCSTI). It also means
@@ -47,6 +49,7 @@ from .errors import AutoexpError
 
 PROBE_TIMEOUT_S = 10.0  # a trivial sandbox starts in ~5 ms; a hung bwrap must not hang the server
 PRIVATE_TMP = Path("/tmp")
+REPLACED = (PRIVATE_TMP, Path("/dev"), Path("/run"))  # trees the sandbox mounts afresh over the host's
 INSTALL_HINT = (
     "install the package `bubblewrap` (Debian/Ubuntu: apt install bubblewrap; Fedora: dnf install "
     "bubblewrap; Arch: pacman -S bubblewrap)"
@@ -155,8 +158,7 @@ def _namespaces(network: bool) -> list[str]:
 def _system(network: bool) -> list[str]:
     """Everything outside the repository: read-only, with private scratch space."""
     args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    args += ["--ro-bind", "/proc/sys", "/proc/sys", "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
-    args += ["--tmpfs", str(PRIVATE_TMP), "--tmpfs", "/dev/shm", "--tmpfs", "/run"]
+    args += ["--ro-bind", "/proc/sys", "/proc/sys", "--tmpfs", str(PRIVATE_TMP), "--tmpfs", "/run"]
     resolv = os.path.realpath("/etc/resolv.conf")
     if network and resolv.startswith("/run/") and os.path.exists(resolv):
         args += ["--ro-bind", resolv, resolv]  # systemd-resolved keeps the real file under /run
@@ -201,7 +203,9 @@ def wrap(plan: Plan, argv: Sequence[str], bwrap: str = "bwrap") -> list[str]:
     root = _root(plan)
     home = _home(plan)
     args = [bwrap, *_namespaces(plan.network), *_system(plan.network), "--dir", home]
-    args += ["--ro-bind", str(root), str(root), *_devices(plan.devices)]
+    if any(root.is_relative_to(d) for d in REPLACED):
+        args += ["--ro-bind", str(root), str(root)]
+    args += _devices(plan.devices)
     for w in plan.writable:
         path = _beneath(root, w, "writable dir")
         if not path.is_dir():
