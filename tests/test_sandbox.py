@@ -180,7 +180,13 @@ def test_available_names_the_working_bwrap() -> None:
 
 
 @needs_bwrap
-def test_repository_is_read_only_except_writable_dirs_and_metric_files(repo: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("under", ["/tmp", "/var/tmp"])
+def test_repository_is_read_only_except_writable_dirs_and_metric_files(
+    repo: Path, tmp_path: Path, outside: Path, under: str
+) -> None:
+    """Under /tmp the sandbox binds the repository again over its private /tmp; elsewhere not."""
+    if under == "/var/tmp":
+        repo = Path(shutil.move(repo, outside / "repo"))
     src = tmp_path / "server-metric"
     src.write_text("")
     plan = Plan(root=repo, writable=(repo / "out",), files=((src, repo / "metrics.json"),))
@@ -188,7 +194,7 @@ def test_repository_is_read_only_except_writable_dirs_and_metric_files(repo: Pat
         plan,
         ("write", str(repo / "train.py"), "hacked"),
         ("mkdir", str(repo / "new")),
-        ("write", str(tmp_path / "beside-the-repo"), "x"),
+        ("write", str(repo.parent / "beside-the-repo"), "x"),
         ("write", "/var/tmp/autoexp-sandbox-escape", "x"),
         ("write", str(repo / "out" / "model.bin"), "weights"),
         ("write", str(repo / "metrics.json"), '{"score": 3}'),
@@ -196,7 +202,7 @@ def test_repository_is_read_only_except_writable_dirs_and_metric_files(repo: Pat
     )
     assert got[:2] == ["error:OSError"] * 2 and got[3:] == ["error:OSError", "ok", "ok", "ok:x = 1\n"]
     assert (repo / "train.py").read_text() == "x = 1\n"
-    assert not (repo / "new").exists() and not (tmp_path / "beside-the-repo").exists()
+    assert not (repo / "new").exists() and not (repo.parent / "beside-the-repo").exists()
     assert not Path("/var/tmp/autoexp-sandbox-escape").exists()
     assert (repo / "out" / "model.bin").read_text() == "weights"
     assert src.read_text() == '{"score": 3}'  # the server's file, not the repository's

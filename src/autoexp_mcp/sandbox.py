@@ -202,7 +202,8 @@ def wrap(plan: Plan, argv: Sequence[str], bwrap: str = "bwrap") -> list[str]:
         raise SandboxError("the sandboxed command is empty.")
     root = _root(plan)
     home = _home(plan)
-    args = [bwrap, *_namespaces(plan.network), *_system(plan.network), "--dir", home]
+    exe = shutil.which(bwrap) or bwrap  # resolved here: the eval's own PATH may lack it
+    args = [exe, *_namespaces(plan.network), *_system(plan.network), "--dir", home]
     if any(root.is_relative_to(d) for d in REPLACED):
         args += ["--ro-bind", str(root), str(root)]
     args += _devices(plan.devices)
