@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import math
+import random
 import struct
 import subprocess
 import sys
@@ -18,6 +21,8 @@ from autoexp_mcp import report
 from autoexp_mcp.config import Config, parse_config
 from autoexp_mcp.errors import AutoexpError
 from autoexp_mcp.ledger import Ledger, Record
+from autoexp_mcp.report import placement
+from autoexp_mcp.report.summary import objective, stage_view
 
 SUBPROCESS_TIMEOUT_S = 60
 
@@ -55,8 +60,8 @@ def _log(root: Path, cfg: Config, rows: list[dict[str, Any]]) -> list[Record]:
     out = []
     for i, row in enumerate(rows, 1):
         stage = row.get("stage")
-        metrics, _ = report._stage_view(cfg, stage)
-        obj = report._objective(metrics)
+        metrics, _ = stage_view(cfg, stage)
+        obj = objective(metrics)
         value = row["metrics"].get(obj.name)
         prev = best.get(stage)
         if row["status"] == "keep" and value is not None:
@@ -192,16 +197,66 @@ def test_markdown_lists_kept_changes_in_order_with_their_gains(f1_run: list[Reco
     assert "Keeps gained +0.16 in total; 1 explore moved the incumbent by -0.01." in md
 
 
-def test_markdown_shows_what_paid_off_by_diff_size_and_wall_time(f1_run: list[Record]) -> None:
+def test_markdown_shows_what_paid_off_by_diff_size(f1_run: list[Record]) -> None:
     md = report.render_markdown(f1_run, F1)
     assert "| ≤ 2 lines | 2 | 2 | 100% | +0.055 | +0.11 |" in md
     assert "| 3–10 lines | 3 | 1 | 33% | +0.05 | +0.05 |" in md
     assert "| > 10 lines | 3 | 0 | 0% | — | +0 |" in md
-    # Median wall time of the eight experiments after the baseline is 62.5 s.
-    assert "| ≤ 1m 02s | 4 | 2 | 50% | +0.055 | +0.11 |" in md
-    assert "| > 1m 02s | 4 | 1 | 25% | +0.05 | +0.05 |" in md
-    assert "Correlation of wall time with gain: r = -0.68 over 6 measured experiments." in md
     assert "- #7 case-insensitive names: +0.06 (+8.70%), diff 1 line, 55s" in md
+
+
+def _timed_rows(walls: list[float]) -> list[dict[str, Any]]:
+    """A baseline, then keeps and discards in turn with the given wall times."""
+    rows: list[dict[str, Any]] = [{"status": "keep", "metrics": {"f1": 0.5}, "description": "baseline"}]
+    f1 = 0.5
+    for i, wall in enumerate(walls):
+        keep = i % 2 == 0
+        f1 = f1 + 0.01 * (i + 1) if keep else f1
+        value = f1 if keep else f1 - 0.02
+        rows.append({"status": "keep" if keep else "discard", "metrics": {"f1": value}, "description": f"step {i}",
+                     "wall_time_s": wall})  # fmt: skip
+    return rows
+
+
+def test_wall_time_breakdown_is_left_out_when_every_eval_takes_about_as_long(tmp_path: Path) -> None:
+    recs = _log(tmp_path, F1, _timed_rows([30.0, 31.0, 29.5, 30.5, 32.0, 29.0, 30.2, 31.5]))
+    md = report.render_markdown(recs, F1)
+    assert "| wall time |" not in md
+    assert "Correlation of wall time" not in md
+    assert (
+        "No breakdown by wall time: the slower half took 31s (median) against 30s, less than 1.5× apart, "
+        "so the experiments took about the same time." in md
+    )
+
+
+def test_wall_time_breakdown_is_shown_when_slow_experiments_take_much_longer(tmp_path: Path) -> None:
+    # Keeps are the fast ones here (even positions), so the split separates keeps from discards.
+    recs = _log(tmp_path, F1, _timed_rows([10.0, 60.0, 12.0, 65.0, 11.0, 70.0, 9.0, 62.0]))
+    md = report.render_markdown(recs, F1)
+    assert "| wall time | runs | kept | keep rate | mean gain per keep | total gain |" in md
+    assert "| ≤ 36s | 4 | 4 | 100% | +0.04 | +0.16 |" in md
+    assert "| > 36s | 4 | 0 | 0% | — | +0 |" in md
+    assert "Correlation of wall time with gain: r = -0.89 over 8 measured experiments." in md
+    assert "No breakdown by wall time" not in md
+
+
+@pytest.mark.parametrize(
+    ("fast", "slow", "shown"),
+    [(10.0, 15.0, True), (10.0, 14.9, False), (10.0, 10.0, False), (2.0, 120.0, True)],
+)
+def test_the_wall_time_split_separates_at_one_and_a_half_times(fast: float, slow: float, shown: bool) -> None:
+    split = report.TimeSplit(fast, slow, ())
+    assert split.separates is shown
+    assert report.TIME_SPLIT_RATIO == 1.5
+
+
+def test_the_f1_run_is_too_even_in_wall_time_for_a_breakdown(f1_run: list[Record]) -> None:
+    # Median of the faster half 52.5 s, of the slower half 75 s: 1.43× apart.
+    (t,) = report.summarize(f1_run, F1).tracks
+    assert t.time_split is not None
+    assert (t.time_split.fast_s, t.time_split.slow_s) == (52.5, 75.0)
+    assert t.by_time == ()
+    assert "| wall time |" not in report.render_markdown(f1_run, F1)
 
 
 def test_markdown_escapes_descriptions_in_table_cells(tmp_path: Path) -> None:
@@ -264,7 +319,7 @@ def test_pipeline_report_has_a_section_per_stage(tmp_path: Path) -> None:
     assert "best    val_loss 1.5 at #5 c000005 (lower is better); baseline 2: -0.5 (25.00% better)" in status
     if importlib.util.find_spec("matplotlib") is not None:
         chart = report.render_chart(recs, cfg, tmp_path / "progress.png")
-        assert _png_size(chart) == (1680, 600)  # one panel per stage
+        assert _png_size(chart)[0] == 1680  # one panel per stage, side by side: 14 in at 120 dpi
 
 
 # --- status table -------------------------------------------------------------------------
@@ -346,7 +401,8 @@ def test_write_report_writes_markdown_and_a_progress_png(tmp_path: Path) -> None
     assert paths.markdown == tmp_path / ".autoexp" / "report" / "report.md"
     assert paths.chart == tmp_path / ".autoexp" / "report" / "progress.png"
     assert paths.note is None
-    assert _png_size(paths.chart) == (1200, 600)  # 10 x 5 in at 120 dpi
+    width, height = _png_size(paths.chart)
+    assert width == 1200 and height > width / 2  # 10 in wide; the strip and the key add to the height
     md = paths.markdown.read_text(encoding="utf-8")
     assert "![progress](progress.png)" in md
     assert "| 4 | 2 | 1 | 1 | 1 | 9 |" in md
@@ -372,7 +428,7 @@ def test_two_metric_pareto_run_gets_a_second_panel_and_other_metrics(tmp_path: P
     front = report.pareto_front([(0.60, 50.0), (0.70, 55.0), (0.55, 60.0), (0.65, 40.0), (0.72, 45.0)], ("max", "min"))
     assert front == [3, 4]
     out = report.render_chart(recs, cfg, tmp_path / "out" / "chart.png")
-    assert _png_size(out) == (1680, 600)
+    assert _png_size(out)[0] == 1680
     md = report.render_markdown(recs, cfg)
     assert "Other metrics, baseline → best: latency_ms 50 → 45." in md
     assert "| # | commit | change | f1 | latency_ms | gain | diff lines |" in md
@@ -384,10 +440,17 @@ def test_chart_draws_dollar_descriptions_and_far_outliers_into_an_output_directo
     rows = _f1_rows()
     rows[6]["description"] = "price $5 → $3, 100% {literal}"  # not TeX: drawn as typed
     rows[2]["metrics"] = {"f1": -50.0}  # far off scale: drawn at the edge, not stretching the axis
-    _log(tmp_path, F1, rows)
+    recs = _log(tmp_path, F1, rows)
     paths = report.write_report(tmp_path, F1, out_dir=tmp_path / "elsewhere")
     assert paths.markdown == tmp_path / "elsewhere" / "report.md"
-    assert paths.chart is not None and _png_size(paths.chart) == (1200, 600)
+    assert paths.chart is not None and _png_size(paths.chart)[0] == 1200
+    fig = report.build_figure(recs, F1)
+    key = " ".join(t.get_text() for t in _axes(fig, gid="key").texts)
+    assert "price $5 → $3, 100% {literal}" in key
+    main = _axes(fig, label="progress")
+    (far,) = [c for c in main.collections if c.get_gid() == "off scale"]
+    assert [x for x, _ in far.get_offsets()] == [3]
+    assert main.get_ylim()[0] > -1.0  # the axis was not stretched down to -50
 
 
 def test_render_chart_refuses_an_empty_ledger(tmp_path: Path) -> None:
@@ -395,6 +458,373 @@ def test_render_chart_refuses_an_empty_ledger(tmp_path: Path) -> None:
     with pytest.raises(report.ChartUnavailable, match="no experiments"):
         report.render_chart([], F1, tmp_path / "progress.png")
     assert issubclass(report.ChartUnavailable, AutoexpError)
+
+
+# --- the chart's structure ----------------------------------------------------------------
+#
+# The figure is built by report.build_figure and inspected after drawing: what is on which axes,
+# where each text lands in pixels. Scenarios cover a short run, a long one, long descriptions,
+# a metric to minimise, many crashes, a three-stage pipeline and a two-metric Pareto run.
+
+KNAPSACK = [
+    "sort items by value/weight density before the greedy pass",
+    "memoize the DP table per capacity bucket instead of recomputing",
+    "prune branches whose optimistic bound is below the incumbent",
+    "use a vectorised inner loop for the knapsack recurrence",
+    "cache the sorted order across calls",
+    "switch to branch and bound with an LP relaxation bound",
+]
+
+
+def _run_rows(
+    n: int,
+    direction: str = "max",
+    *,
+    crash_every: int = 0,
+    timeout_every: int = 0,
+    describe: Any = lambda i: KNAPSACK[i % len(KNAPSACK)],
+    metric: str = "f1",
+    noise: float = 0.0,
+) -> list[dict[str, Any]]:
+    """A deterministic run: every third experiment a keep, crashes and timeouts at fixed
+    intervals, discards tied with the incumbent or just above it, wall times alike. With
+    `noise`, discards scatter that far on both sides of the incumbent (seeded: the same each time)."""
+    rnd = random.Random(n)
+    sign = 1 if direction == "max" else -1
+    value = 1.0
+    rows: list[dict[str, Any]] = [{"status": "keep", "metrics": {metric: value}, "description": "baseline"}]
+    for i in range(1, n):
+        desc, wall = describe(i), 30.0 + i % 3
+        if crash_every and i % crash_every == 0:
+            rows.append({"status": "crash", "metrics": {metric: None}, "description": desc, "wall_time_s": 2.0})
+        elif timeout_every and i % timeout_every == 0:
+            rows.append({"status": "timeout", "metrics": {metric: None}, "description": desc, "wall_time_s": 90.0})
+        elif i % 3 == 0:
+            value = round(value + sign * 0.01 * (1 + i % 4), 4)
+            rows.append({"status": "keep", "metrics": {metric: value}, "description": desc, "wall_time_s": wall})
+        else:
+            worse = sign * 0.004 * (1 + i % 5)
+            if i % 7 == 1:
+                worse = 0.0  # a tie with the incumbent
+            elif i % 3 == 1 and i % 2 == 0:
+                worse = -sign * 0.003  # better, but within the noise: right next to the keep before it
+            if noise:
+                worse = sign * rnd.uniform(-noise, 2 * noise)
+            rows.append({"status": "discard", "metrics": {metric: round(value - worse, 4)}, "description": desc,
+                         "wall_time_s": wall})  # fmt: skip
+    return rows
+
+
+def _pipeline_rows() -> list[dict[str, Any]]:
+    rows = []
+    for j, stage in enumerate(("prep", "train", "serve")):
+        rows += [{**r, "stage": stage} for r in _run_rows(15 + 5 * j, crash_every=6, metric="score")]
+    return rows
+
+
+PIPELINE3 = parse_config(
+    {
+        "experiment": {"tag": "three-stages", "target": "prep.py", "eval": "python eval.py"},
+        "stage": [
+            {"name": n, "target": f"{n}.py", "metric": [{"name": "score", "direction": "max"}]}
+            for n in ("prep", "train", "serve")
+        ],
+    }
+)
+PARETO = _config([("f1", "max"), ("latency_ms", "min")], policy={"mode": "pareto"})
+SCENARIOS: dict[str, tuple[Config, Any]] = {
+    "13 experiments": (F1, lambda: _run_rows(13, crash_every=5)),
+    "100 experiments": (F1, lambda: _run_rows(100, crash_every=11, timeout_every=17, noise=0.05)),
+    "long descriptions": (F1, lambda: _run_rows(20, describe=lambda i: f"#{i + 1}: " + "tune the regex " * 25)),
+    "minimise": (_config([("f1", "min")]), lambda: _run_rows(25, "min", crash_every=8)),
+    "many crashes": (F1, lambda: _run_rows(40, crash_every=2, timeout_every=5)),
+    "three stages": (PIPELINE3, _pipeline_rows),
+    "pareto": (
+        PARETO,
+        lambda: [
+            {**r, "metrics": {**r["metrics"], "latency_ms": None if r["status"] == "crash" else 50.0 - i % 9}}
+            for i, r in enumerate(_run_rows(20, crash_every=7))
+        ],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, list[Record]]]:
+    """Each scenario's figure, drawn once, with the records it was built from."""
+    pytest.importorskip("matplotlib")
+    out = {}
+    for name, (cfg, rows) in SCENARIOS.items():
+        recs = _log(tmp_path_factory.mktemp("ledger"), cfg, rows())
+        fig = report.build_figure(recs, cfg)
+        fig.savefig(io.BytesIO(), format="png", dpi=report.CHART_DPI)  # as render_chart does
+        out[name] = (fig, recs)
+    return out
+
+
+def _axes(fig: Any, *, label: str | None = None, gid: str | None = None) -> Any:
+    found = [
+        ax for ax in fig.axes if (label is None or ax.get_label() == label) and (gid is None or ax.get_gid() == gid)
+    ]
+    assert len(found) == 1, [(ax.get_label(), ax.get_gid()) for ax in fig.axes]
+    return found[0]
+
+
+def _renderer(fig: Any) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return FigureCanvasAgg(fig).get_renderer() if not hasattr(fig.canvas, "get_renderer") else fig.canvas.get_renderer()
+
+
+def _texts(fig: Any) -> list[Any]:
+    """Every text the saved image shows: titles, axis and tick labels in view, legends, annotations."""
+    out = list(fig.texts)
+    for ax in fig.axes:
+        out += [*ax.texts, ax.title]
+        if ax.axison:
+            out += [ax.xaxis.label, ax.yaxis.label]
+            for axis in (ax.xaxis, ax.yaxis):
+                # The first len(locs) ticks are the drawn ones; those outside the view are skipped.
+                lo, hi = sorted(axis.get_view_interval())
+                ticks = axis.get_major_ticks(len(axis.get_majorticklocs()))
+                out += [t.label1 for t in ticks if lo <= t.get_loc() <= hi]
+        if ax.get_legend() is not None:
+            out += ax.get_legend().get_texts()
+    return [t for t in out if t.get_visible() and t.get_text().strip()]
+
+
+def _extent(artist: Any, renderer: Any) -> tuple[float, float, float, float]:
+    """The pixel box of a text, its rounded box included when it has one."""
+    box = artist.get_window_extent(renderer)
+    patch = artist.get_bbox_patch() if hasattr(artist, "get_bbox_patch") else None
+    if patch is not None:
+        box = type(box).union([box, patch.get_window_extent(renderer)])
+    return (box.x0, box.y0, box.x1, box.y1)
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...], tolerance: float = 0.5) -> bool:
+    return min(a[2], b[2]) - max(a[0], b[0]) > tolerance and min(a[3], b[3]) - max(a[1], b[1]) > tolerance
+
+
+def _labels(ax: Any) -> list[Any]:
+    return [t for t in ax.texts if t.get_gid() == "keep-label"]
+
+
+def _markers(ax: Any) -> dict[str, list[tuple[float, float]]]:
+    """Data positions of the markers on `ax`, by kind."""
+    return {c.get_gid(): [(float(x), float(y)) for x, y in c.get_offsets()] for c in ax.collections}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_no_text_extends_outside_the_figure(figures: dict[str, Any], name: str) -> None:
+    fig, _ = figures[name]
+    renderer = _renderer(fig)
+    for text in _texts(fig):
+        x0, y0, x1, y1 = _extent(text, renderer)
+        assert x0 >= -0.5 and y0 >= -0.5 and x1 <= fig.bbox.x1 + 0.5 and y1 <= fig.bbox.y1 + 0.5, text.get_text()
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_no_two_texts_overlap(figures: dict[str, Any], name: str) -> None:
+    fig, _ = figures[name]
+    renderer = _renderer(fig)
+    boxes = [(t.get_text(), _extent(t, renderer)) for t in _texts(fig)]
+    clashes = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1 :] if _overlap(ba, bb)]
+    assert clashes == []
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_every_experiment_has_a_marker_and_no_label_covers_one(figures: dict[str, Any], name: str) -> None:
+    fig, recs = figures[name]
+    renderer = _renderer(fig)
+    progress = [ax for ax in fig.axes if ax.get_label() == "progress"]
+    strips = [ax for ax in fig.axes if ax.get_label() == "crashes"]
+    drawn = {(kind, x) for ax in progress + strips for kind, pts in _markers(ax).items() for x, _ in pts}
+    for r in recs:
+        kinds = {r.status, "off scale"} | ({"baseline"} if r.status == "keep" else set())
+        assert any((k, r.experiment) in drawn for k in kinds), f"no marker for #{r.experiment} ({r.status})"
+    for ax in progress:
+        frame = ax.get_window_extent(renderer)
+        for coll in ax.collections:
+            radius = math.sqrt(max(coll.get_sizes())) / 2 * fig.dpi / 72
+            for x, y in coll.get_offset_transform().transform(coll.get_offsets()):
+                assert frame.x0 - radius <= x <= frame.x1 + radius and frame.y0 - radius <= y <= frame.y1 + radius
+                dot = (x - radius - 1, y - radius - 1, x + radius + 1, y + radius + 1)  # touching counts
+                covered = [t.get_text() for t in _labels(ax) if _overlap(_extent(t, renderer), dot, 0.0)]
+                assert covered == [], f"label {covered} covers a {coll.get_gid()} marker"
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_numbers_on_the_chart_name_the_keys_lines(figures: dict[str, Any], name: str) -> None:
+    fig, _ = figures[name]
+    for ax in [ax for ax in fig.axes if ax.get_label() == "progress"]:
+        key = next(
+            k for k in fig.axes if k.get_gid() == "key" and k.get_subplotspec().colspan == ax.get_subplotspec().colspan
+        )
+        lines = {}
+        for t in key.texts:
+            lines.setdefault(round(t.get_position()[1], 6), []).append(t.get_text())
+        entries = {row[0]: row[1] for row in lines.values() if len(row) == 4}
+        on_chart = {t.get_text(): t.xy[0] for t in _labels(ax)}
+        assert on_chart and on_chart.keys() == entries.keys()
+        assert all(entries[n] == f"#{x:.0f}" for n, x in on_chart.items())
+
+
+def test_crashes_and_timeouts_sit_on_their_own_strip_at_their_experiment(figures: dict[str, Any]) -> None:
+    fig, recs = figures["100 experiments"]
+    strip, main = _axes(fig, label="crashes"), _axes(fig, label="progress")
+    markers = _markers(strip)
+    assert [x for x, _ in markers["crash"]] == [r.experiment for r in recs if r.status == "crash"]
+    assert [x for x, _ in markers["timeout"]] == [r.experiment for r in recs if r.status == "timeout"]
+    # A lane per kind, in the strip's own units: no height on the metric's scale.
+    assert {y for _, y in markers["crash"]} == {0.68} and {y for _, y in markers["timeout"]} == {0.32}
+    assert [t.get_text() for t in strip.get_yticklabels()] == ["crash", "timeout"]
+    assert not {"crash", "timeout"} & set(_markers(main))
+    assert strip.get_shared_x_axes().joined(strip, main)
+    renderer = _renderer(fig)
+    assert strip.get_window_extent(renderer).y1 <= main.get_window_extent(renderer).y0  # under the main axes
+
+
+def test_a_run_without_crashes_has_no_strip(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    fig = report.build_figure(_log(tmp_path, F1, _run_rows(12)), F1)
+    assert [ax.get_label() for ax in fig.axes if ax.get_label() in {"progress", "crashes"}] == ["progress"]
+    assert _axes(fig, label="progress").get_xlabel() == "experiment"
+
+
+def test_discards_are_opaque_and_drawn_over_the_best_line(figures: dict[str, Any]) -> None:
+    fig, recs = figures["13 experiments"]
+    main = _axes(fig, label="progress")
+    (discards,) = [c for c in main.collections if c.get_gid() == "discard"]
+    (best,) = main.get_lines()[1:]  # after the baseline's dashed line
+    assert discards.get_alpha() in (None, 1.0)
+    assert min(discards.get_sizes()) >= 20  # points²: about 4.5 pt across
+    # A discard tied with the incumbent lies on the best line; it must stay visible on top of it.
+    tied = [r.experiment for r in recs if r.status == "discard" and r.experiment % 7 == 1]
+    assert tied and discards.get_zorder() > best.get_zorder()
+
+
+def test_only_the_largest_gains_are_numbered_and_the_key_says_so(figures: dict[str, Any]) -> None:
+    fig, recs = figures["100 experiments"]
+    (t,) = report.summarize(recs, F1).tracks
+    keeps = [s for s in t.kept if s.record.status == "keep" and s is not t.baseline]
+    assert len(keeps) > report.MAX_LABELS
+    main, key = _axes(fig, label="progress"), _axes(fig, gid="key")
+    top = sorted(keeps, key=lambda s: -(s.gain or 0.0))[: report.MAX_LABELS]
+    assert sorted(t.xy[0] for t in _labels(main)) == sorted(s.record.experiment for s in top)
+    assert (
+        key.texts[0].get_text()
+        == f"the 12 kept changes with the largest gains, of {len(keeps)} (all are in report.md):"
+    )
+
+
+def test_a_long_description_is_cut_to_the_keys_width_not_to_a_fixed_length(figures: dict[str, Any]) -> None:
+    fig, _ = figures["long descriptions"]
+    renderer = _renderer(fig)
+    key = _axes(fig, gid="key")
+    right = key.get_window_extent(renderer).x1
+    descriptions = [t for t in key.texts if "tune the regex" in t.get_text()]
+    assert descriptions
+    for t in descriptions:
+        assert t.get_text().endswith("…") and len(t.get_text()) > 80
+        assert right - 40 < _extent(t, renderer)[2] <= right  # it fills the width, and stops there
+
+
+def test_labels_sit_on_the_better_side_when_there_is_room(figures: dict[str, Any]) -> None:
+    for name, above in (("13 experiments", True), ("minimise", False)):
+        fig, _ = figures[name]
+        main = _axes(fig, label="progress")
+        near = [t for t in _labels(main) if abs(t.xyann[0]) < 1]  # straight above or below its point
+        assert near and all(bool(t.xyann[1] > 0) == above for t in near), name
+
+
+def test_the_legend_sits_under_the_plot_and_hides_nothing(figures: dict[str, Any]) -> None:
+    fig, _ = figures["13 experiments"]
+    renderer = _renderer(fig)
+    main, legend = _axes(fig, label="progress"), _axes(fig, gid="legend")
+    assert main.get_legend() is None
+    assert legend.get_legend().get_window_extent(renderer).y1 <= main.get_window_extent(renderer).y0
+    texts = [t.get_text() for t in legend.get_legend().get_texts()]
+    assert texts == ["baseline", "keep (4)", "discard (6)", "best so far", "crash (2)"]
+
+
+def test_the_pareto_panel_labels_its_front_without_covering_points(figures: dict[str, Any]) -> None:
+    fig, _ = figures["pareto"]
+    renderer = _renderer(fig)
+    ax = _axes(fig, label="pareto")
+    labels = [t for t in ax.texts if t.get_gid() == "front-label"]
+    assert labels and all(t.get_text().startswith("#") for t in labels)
+    for coll in ax.collections:
+        for x, y in coll.get_offset_transform().transform(coll.get_offsets()):
+            assert not any(_overlap(_extent(t, renderer), (x - 2, y - 2, x + 2, y + 2)) for t in labels)
+
+
+def test_a_run_of_crashes_only_draws_the_strip_and_says_nothing_was_measured(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    rows = [{"status": "crash", "metrics": {"f1": None}, "description": f"boom {i}"} for i in range(5)]
+    fig = report.build_figure(_log(tmp_path, F1, rows), F1)
+    assert [x for x, _ in _markers(_axes(fig, label="crashes"))["crash"]] == [1, 2, 3, 4, 5]
+    main = _axes(fig, label="progress")
+    assert [t.get_text() for t in main.texts] == ["no f1 measured yet: every run crashed or timed out"]
+    assert not [ax for ax in fig.axes if ax.get_gid() == "key"]
+
+
+def test_the_report_reads_records_with_fields_it_does_not_know(tmp_path: Path) -> None:
+    # Newer ledgers carry more fields (a MAC, the sandbox used) and crash rows may have no metric
+    # at all; older ones have neither. Both are summarised and drawn.
+    ledger = Ledger(tmp_path, ["f1"])
+    rows = _f1_rows()
+    rows[3]["metrics"] = {}
+    rows[7]["metrics"] = {"f1": None}
+    for i, row in enumerate(rows, 1):
+        extra = {"mac": f"{i:064x}", "sandbox": {"kind": "bwrap", "network": False}} if i > 4 else {}
+        ledger.append({"experiment": i, "commit": f"k{i}", "timestamp": "2026-03-08T02:00:00Z", **row, **extra})
+    recs = report.load_records(tmp_path, F1)
+    assert len(recs) == 9
+    md = report.render_markdown(recs, F1)
+    assert "| 4 | 2 | 1 | 1 | 1 | 9 |" in md and "0.6 → **0.75**" in md
+    if importlib.util.find_spec("matplotlib") is not None:
+        paths = report.write_report(tmp_path, F1)
+        assert paths.chart is not None and _png_size(paths.chart)[0] == 1200
+
+
+# --- label placement (pure geometry) --------------------------------------------------------
+
+
+def test_a_label_goes_straight_above_its_point_when_nothing_is_there() -> None:
+    (spot,) = placement.place([(50.0, 50.0)], [(10.0, 8.0)], [], (0, 0, 100, 100), radius=3, gap=1)
+    assert spot is not None and spot.offset == (0.0, 8.0) and spot.overlap == 0 and not spot.far
+    (below,) = placement.place([(50.0, 50.0)], [(10.0, 8.0)], [], (0, 0, 100, 100), radius=3, gap=1, up=False)
+    assert below is not None and below.offset == (0.0, -8.0)
+
+
+def test_a_label_moves_aside_when_its_spot_is_taken_and_stays_inside_the_bounds() -> None:
+    taken = (45.0, 53.0, 55.0, 62.0)  # right above the point
+    (spot,) = placement.place([(50.0, 50.0)], [(10.0, 8.0)], [taken], (0, 0, 100, 100), radius=3, gap=1)
+    assert spot is not None and spot.overlap == 0 and placement.overlap(spot.box, taken) == 0
+    (edge,) = placement.place([(50.0, 97.0)], [(10.0, 8.0)], [], (0, 0, 100, 100), radius=3, gap=1)
+    assert edge is not None and edge.box[3] <= 100  # no room above the top: it goes aside or below
+    assert placement.place([(5.0, 5.0)], [(50.0, 50.0)], [], (0, 0, 20, 20), radius=3, gap=1) == [None]
+
+
+@given(
+    st.lists(st.tuples(st.floats(0, 200), st.floats(0, 100)), min_size=1, max_size=12),
+    st.lists(st.tuples(st.floats(0, 200), st.floats(0, 100)), max_size=30),
+)
+def test_placed_labels_stay_inside_and_clean_ones_touch_nothing(
+    anchors: list[tuple[float, float]], dots: list[tuple[float, float]]
+) -> None:
+    bounds = (0.0, 0.0, 200.0, 100.0)
+    obstacles = [(x - 3, y - 3, x + 3, y + 3) for x, y in dots]
+    spots = placement.place(anchors, [(9.0, 9.0)] * len(anchors), obstacles, bounds, radius=3, gap=1)
+    placed = []
+    for spot in spots:
+        if spot is None:
+            continue
+        assert placement.contains(bounds, spot.box)
+        touched = sum(placement.overlap(spot.box, b) for b in obstacles + placed)
+        assert touched == pytest.approx(spot.overlap)
+        placed.append(spot.box)
 
 
 _NO_MATPLOTLIB = """
