@@ -250,6 +250,12 @@ def test_the_wall_time_split_separates_at_one_and_a_half_times(fast: float, slow
     assert report.TIME_SPLIT_RATIO == 1.5
 
 
+def test_the_readme_states_the_rules_the_report_follows() -> None:
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert f"at least {report.TIME_SPLIT_RATIO:g}× as long as the faster half" in readme
+    assert f"The kept changes with the {report.MAX_LABELS} largest gains carry a number" in readme
+
+
 def test_the_f1_run_is_too_even_in_wall_time_for_a_breakdown(f1_run: list[Record]) -> None:
     # Median of the faster half 52.5 s, of the slower half 75 s: 1.43× apart.
     (t,) = report.summarize(f1_run, F1).tracks
