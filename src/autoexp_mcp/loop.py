@@ -628,7 +628,7 @@ class Experiment:
                     repeats_done=job.repeats_done if job else 0,
                     reason=f"still running after {elapsed:.0f}s (timeout {self.cfg.experiment.timeout:g}s); "
                     "call run_eval again to keep waiting on the same run. It stops if this server exits (as with a "
-                    "client that starts one server per call); the next run_eval then starts it over",
+                    "client that starts one server per call)",
                     next="run_eval",
                     **common,
                 )

@@ -228,7 +228,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         tree: the baseline) and read the metrics from its output. Waits at most `wait_seconds`;
         if the eval is still going it returns status "running": call run_eval again to keep
         waiting on the same run. It stops if this server exits (as with a client that starts one
-        server per call); the next run_eval then starts it over. Next: decide."""
+        server per call). Next: decide."""
         started = anyio.current_time()
 
         def start(e: Experiment) -> tuple[Experiment, _Job | None, EvalView | None]:
