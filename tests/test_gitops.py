@@ -386,3 +386,150 @@ def test_pinned_identity_is_used_when_present(repo: Path) -> None:
     (repo / "value.txt").write_text("2\n")
     Git(repo).commit_file("value.txt", "pinned")
     assert author_and_committer(repo) == "Test Author <author@example.com> / Test Author <author@example.com>"
+
+
+# --- git the eval cannot steer --------------------------------------------------------------------
+
+EVENTS = (
+    "pre-commit",
+    "prepare-commit-msg",
+    "commit-msg",
+    "post-commit",
+    "post-checkout",
+    "post-index-change",
+    "post-rewrite",
+    "reference-transaction",
+    "pre-auto-gc",
+)
+
+
+def marker_script(marks: Path, name: str, body: str = "") -> Path:
+    path = marks / f"{name}.sh"
+    path.write_text(f"#!/bin/sh\ntouch {marks}/ran-{name}\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+def ran(marks: Path) -> list[str]:
+    return sorted(p.name for p in marks.iterdir() if p.name.startswith("ran-"))
+
+
+def every_write(g: Git, repo: Path) -> str:
+    """Each git call the server makes that writes the index, a ref or a commit; returns the commit made."""
+    head = g.head()
+    g.changed()
+    (repo / "value.txt").write_text("2\n")
+    second = g.commit_file("value.txt", "two")
+    g.checkout_branch("autoexp/x", second)
+    g.reset_hard(head)
+    (repo / "evaluate.py").write_text("changed\n")
+    g.restore(head, ["evaluate.py"])
+    g.unstage_all(head)
+    g.clear_index_flags(["evaluate.py"])
+    g.reset_paths(head, ["evaluate.py"])
+    return second
+
+
+def test_hooks_fsmonitor_and_signing_in_the_repository_never_run_in_the_servers_git(repo: Path, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    for event in EVENTS:
+        shutil.copy(marker_script(marks, f"hook-{event}"), repo / ".git" / "hooks" / event)
+    git(repo, "config", "core.fsmonitor", str(marker_script(marks, "fsmonitor")))
+    git(repo, "config", "core.fsmonitorHookVersion", "1")
+    git(repo, "config", "commit.gpgSign", "true")
+    git(repo, "config", "gpg.program", str(marker_script(marks, "gpg")))
+    g = Git(repo)
+    plain_git(repo, "status", "--porcelain")  # the attack works on plain git
+    assert ran(marks) == ["ran-fsmonitor", "ran-hook-post-index-change"]
+    for p in marks.glob("ran-*"):
+        p.unlink()
+    second = every_write(g, repo)
+    assert ran(marks) == []
+    assert "gpgsig" not in git(repo, "cat-file", "commit", second)
+
+
+def test_replace_refs_do_not_change_what_the_server_reads(repo: Path) -> None:
+    head = git(repo, "rev-parse", "HEAD")
+    blob = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"],
+        cwd=repo,
+        input="print('score: 1000')\n",
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    listing = git(repo, "ls-tree", "HEAD").replace(git(repo, "rev-parse", "HEAD:evaluate.py"), blob)
+    tree = subprocess.run(
+        ["git", "mktree"], cwd=repo, input=listing + "\n", text=True, capture_output=True, check=True
+    ).stdout.strip()
+    fake = git(repo, "commit-tree", tree, "-m", "fake")
+    git(repo, "replace", head, fake)
+    assert git(repo, "show", "HEAD:evaluate.py") == "print('score: 1000')", "the attack works on plain git"
+    g = Git(repo)
+    assert g.show_file(head, "evaluate.py") == b"print('score: 1')\n"
+    entries = {e.path: e.sha for e in g.tree_entries(head)}
+    assert entries["evaluate.py"] == git(repo, "--no-replace-objects", "rev-parse", "HEAD:evaluate.py")
+    assert g.changed() == ["evaluate.py"] or (repo / "evaluate.py").read_text() == "print('score: 1')\n"
+
+
+def test_inherited_git_variables_do_not_reach_the_servers_git(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    for event in EVENTS:
+        shutil.copy(marker_script(marks, f"hook-{event}"), hooks / event)
+    other = tmp_path / "other-index"
+    monkeypatch.setenv("GIT_INDEX_FILE", str(other))
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", f"'core.hookspath'='{hooks}'")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.hooksPath")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", str(hooks))
+    g = Git(repo)
+    second = every_write(g, repo)
+    assert ran(marks) == []
+    assert not other.exists(), "the server's git used another index"
+    monkeypatch.delenv("GIT_INDEX_FILE")
+    assert git(repo, "show", f"{second}:value.txt") == "2"
+    assert git(repo, "status", "--porcelain") == "", "the real index is the one the server updated"
+
+
+def test_global_config_is_read_for_the_identity_once_and_never_again(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in IDENTITY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    gitconfig = home / ".gitconfig"
+    gitconfig.write_text("[user]\n\tname = Global User\n\temail = global@example.com\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL")
+    (repo / ".git" / "info" / "attributes").write_text("*.txt filter=evil\n")
+    g = Git(repo)
+    # What the eval can write to the user's config later: a filter (no -c option turns those
+    # off) for files the attributes already name, and another identity.
+    clean = marker_script(marks, "clean", "cat\n")
+    gitconfig.write_text(f'[user]\n\tname = Eval\n\temail = eval@example.com\n[filter "evil"]\n\tclean = {clean}\n')
+    second = every_write(g, repo)
+    assert ran(marks) == []
+    identity = plain_git(repo, "log", "-1", "--format=%an <%ae> / %cn <%ce>", second)
+    assert identity == "Global User <global@example.com> / Global User <global@example.com>"
+    plain_git(repo, "hash-object", "--path", "value.txt", "value.txt")
+    assert ran(marks) == ["ran-clean"], "the filter would run in git that reads the global config"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a repository's owner needs root")
+def test_a_repository_owned_by_another_user_still_opens(repo: Path) -> None:
+    subprocess.run(["chown", "-R", "12345:12345", str(repo)], check=True)
+    plain = subprocess.run(["git", "status"], cwd=repo, capture_output=True, text=True)
+    assert "dubious ownership" in plain.stderr, "the check this test relies on is not in this git"
+    g = Git(repo)
+    assert g.changed() == []
+    (repo / "value.txt").write_text("2\n")
+    assert g.commit_file("value.txt", "owned by someone else") == g.head()

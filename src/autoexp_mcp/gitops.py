@@ -4,13 +4,22 @@ No string that came from the agent ever becomes an option, a ref or a path here:
 either the experiment branch (built from the validated config tag) or full shas the server
 recorded itself; the only path is the configured target; commit messages go after `-m` as
 one argv element.
+
+The eval runs code with the server's uid, so it can write .git and $HOME. Every git process
+started here therefore runs with hooks, fsmonitor, signing, replace objects, the commit graph
+and system/global config off, in an environment the server built (inherited GIT_* variables
+are dropped), against the git directory and work tree found when the server started.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import git
 
@@ -26,6 +35,25 @@ _FALLBACK_IDENTITY = {
 # Paths the server writes into the user's repository; never tracked, never reset.
 EXCLUDED = ("/.autoexp/", "/results.tsv", "/experiments.jsonl")
 
+# `-c` options on every git command line: command-line config beats anything in .git/config
+# (and its include.path files), so what the eval wrote there cannot run code inside the
+# server's git calls. /dev/null as hooksPath: no hook exists, whatever the hook event.
+SAFE_CONFIG = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.untrackedCache=false",
+    "core.commitGraph=false",  # a forged commit-graph file could name another root tree
+    "core.attributesFile=/dev/null",  # $XDG_CONFIG_HOME/git/attributes is writable by the eval
+    "commit.gpgSign=false",
+    "tag.gpgSign=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+)
+# Inherited variables git may keep: the identity (tests and users pin it this way) and
+# GitPython's own switches, which git never reads. Every other GIT_* variable is dropped.
+_KEEP_VARS = frozenset(_FALLBACK_IDENTITY) | {"EMAIL"}
+_ENV_BIN = shutil.which("env") or "/usr/bin/env"
+
 
 def _sha(value: str) -> str:
     if not _SHA_RE.fullmatch(value):
@@ -33,10 +61,65 @@ def _sha(value: str) -> str:
     return value
 
 
+class _Cmd(git.cmd.Git):
+    """GitPython's command wrapper, minus the GIT_* variables the server inherited.
+
+    GitPython starts every child from a copy of os.environ and can only add to it, so the
+    variables to drop (GIT_DIR, GIT_INDEX_FILE, GIT_CONFIG_PARAMETERS, ...) are removed by
+    starting git through `env -u` (only when there are any: normally none)."""
+
+    def execute(self, command: Any, *args: Any, **kwargs: Any) -> Any:
+        ours = {*self.environment(), *(kwargs.get("env") or {})}
+        stray = sorted(k for k in os.environ if k.startswith("GIT_") and k not in ours and _stray(k))
+        if stray and isinstance(command, (list, tuple)):
+            unset = [arg for k in stray for arg in ("-u", k)]
+            command = [_ENV_BIN, *unset, *command]
+        return super().execute(command, *args, **kwargs)
+
+
+def _chunks(paths: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    """Paths in groups small enough for one command line."""
+    return [paths[i : i + size] for i in range(0, len(paths), size)]
+
+
+def _stray(var: str) -> bool:
+    return var not in _KEEP_VARS and not var.startswith("GIT_PYTHON_")
+
+
+class _Repo(git.Repo):
+    GitCommandWrapperType = _Cmd
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    mode: str  # "100644", "100755", "120000" (symlink), "160000" (submodule)
+    kind: str  # "blob" or "commit"
+    sha: str
+    path: str
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    tag: str  # `git ls-files -t -v`: H cached, S skip-worktree; lower case: assume-unchanged
+    mode: str
+    sha: str
+    stage: int
+    path: str
+
+    @property
+    def flags(self) -> list[str]:
+        found = []
+        if self.tag.upper() == "S":
+            found.append("skip-worktree")
+        if self.tag.islower():
+            found.append("assume-unchanged")
+        return found
+
+
 class Git:
     def __init__(self, path: Path) -> None:
         try:
-            self.repo = git.Repo(path, search_parent_directories=True)
+            self.repo = _Repo(path, search_parent_directories=True)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise GitError(
                 f"{path} is not inside a git repository. Run `git init` and commit your files, "
@@ -45,8 +128,50 @@ class Git:
         if self.repo.bare or self.repo.working_tree_dir is None:
             raise GitError(f"{path} is a bare repository; autoexp-mcp needs a working tree.")
         self.root = Path(self.repo.working_tree_dir).resolve()
+        self.git_dir = Path(self.repo.git_dir).resolve()
+        self.common_dir = Path(self.repo.common_dir).resolve()
         self._g = self.repo.git
-        self._identity_env: dict[str, str] | None = None
+        # Read once, before any eval has run: later the user's global config is not read at all.
+        self._identity_env = self._identity()
+        options = [*SAFE_CONFIG, f"safe.directory={self.root}"]
+        self._g.set_persistent_git_options(c=options)
+        self._argv = ["git", *(arg for opt in options for arg in ("-c", opt))]
+        self._g.update_environment(
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL=os.devnull,
+            GIT_ATTR_NOSYSTEM="1",
+            GIT_NO_REPLACE_OBJECTS="1",
+            GIT_TERMINAL_PROMPT="0",
+            # Pinned: a .git replaced by a gitfile, or core.worktree in a rewritten config,
+            # must not move the server's git calls to another repository or tree.
+            GIT_DIR=str(self.git_dir),
+            GIT_WORK_TREE=str(self.root),
+            **self._identity_env,
+        )
+
+    def _identity(self) -> dict[str, str]:
+        """The identity git would use now (environment, then the normal config chain), with the
+        fallback for each part it would not find (author and committer apart)."""
+        pinned = {"GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.root)}
+        # The user's choice of global and system config counts here (and only here).
+        pinned |= {k: os.environ[k] for k in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM") if k in os.environ}
+
+        def config(key: str) -> str:
+            argv = ["git", "-c", f"safe.directory={self.root}", "config", "--get", key]
+            return str(self._g.execute(argv, with_exceptions=False, env=pinned)).strip()
+
+        name, email = config("user.name"), config("user.email")
+        env: dict[str, str] = {}
+        for var, fallback in _FALLBACK_IDENTITY.items():
+            if var in os.environ:
+                continue  # git reads it from the inherited environment
+            is_email = var.endswith("_EMAIL")
+            configured = email if is_email else name
+            if configured:
+                env[var] = configured
+            elif not (is_email and "EMAIL" in os.environ):
+                env[var] = fallback
+        return env
 
     # --- queries ---------------------------------------------------------------------
 
@@ -119,6 +244,51 @@ class Git:
         """Every path in the index, repo-relative."""
         return [p for p in str(self._g.ls_files("-z")).split("\0") if p]
 
+    def tree_entries(self, sha: str) -> list[TreeEntry]:
+        """Every file of a recorded commit's tree (recursive), read from the object store."""
+        out = self._g.ls_tree("-r", "-z", "--full-tree", _sha(sha), strip_newline_in_stdout=False)
+        entries = []
+        for record in str(out).split("\0"):
+            if record:
+                meta, path = record.split("\t", 1)
+                mode, kind, obj = meta.split(" ")
+                entries.append(TreeEntry(mode, kind, obj, path))
+        return entries
+
+    def index_entries(self) -> list[IndexEntry]:
+        """Every index entry with its flags (`git ls-files -s -t -v`): read, never refreshed."""
+        out = self._g.ls_files("-s", "-t", "-v", "-z", strip_newline_in_stdout=False)
+        entries = []
+        for record in str(out).split("\0"):
+            if record:
+                meta, path = record.split("\t", 1)
+                tag, mode, obj, stage = meta.split(" ")
+                entries.append(IndexEntry(tag, mode, obj, int(stage), path))
+        return entries
+
+    def clear_index_flags(self, paths: Sequence[str]) -> None:
+        """Clear skip-worktree and assume-unchanged on `paths` (one flag per call: given both,
+        git 2.39 clears only one)."""
+        for chunk in _chunks(paths):
+            self._g.update_index("--no-skip-worktree", "--", *chunk)
+            self._g.update_index("--no-assume-unchanged", "--", *chunk)
+
+    def reset_paths(self, sha: str, paths: Sequence[str]) -> None:
+        """Make the index entries of `paths` those of commit `sha` (removed when not in it)."""
+        for chunk in _chunks(paths):
+            self._g.reset("--quiet", _sha(sha), "--", *chunk)
+
+    def blob(self, sha: str) -> bytes:
+        """A blob's bytes, unfiltered."""
+        data = self._g.cat_file("blob", _sha(sha), stdout_as_string=False, strip_newline_in_stdout=False)
+        assert isinstance(data, bytes)
+        return data
+
+    def config_bool(self, key: str, default: bool) -> bool:
+        """A boolean from the repository's config (read with the server's options)."""
+        out = str(self._g.config("--type=bool", "--get", key, with_exceptions=False)).strip()
+        return default if not out else out == "true"
+
     def branch_commits(self, branch: str) -> set[str]:
         out = str(self._g.rev_list(f"refs/heads/{branch}"))
         return set(out.split())
@@ -146,29 +316,14 @@ class Git:
         except git.GitCommandError as e:
             raise GitError(f"could not switch to branch {branch}: {e.stderr.strip()}") from None
 
-    def _env(self) -> dict[str, str]:
-        """The fallback identity for each part git would not find (author and committer apart)."""
-        if self._identity_env is None:
-            name = self._g.config("--get", "user.name", with_exceptions=False).strip()
-            email = self._g.config("--get", "user.email", with_exceptions=False).strip()
-            env: dict[str, str] = {}
-            for var, value in _FALLBACK_IDENTITY.items():
-                is_email = var.endswith("_EMAIL")
-                if (email if is_email else name) or var in os.environ or (is_email and "EMAIL" in os.environ):
-                    continue
-                env[var] = value
-            self._identity_env = env
-        return self._identity_env
-
     def commit_file(self, path: str, message: str) -> str:
         """Commit exactly `path` (its working-tree content) with `message`; returns the new sha."""
         try:
-            # maintenance.auto=false: no `git maintenance run --auto` after every experiment
-            # (a few ms each); run `git gc` after a long run if the repository feels slow.
-            # --quiet: no summary, whose diff stat nobody reads.
-            argv = ["git", "-c", "maintenance.auto=false", "commit"]
-            argv += ["--quiet", "--no-verify", "--cleanup=verbatim", "--only"]
-            self._g.execute([*argv, "-m", message, "--", path], env=self._env())
+            # maintenance.auto=false (SAFE_CONFIG): no `git maintenance run --auto` after every
+            # experiment (a few ms each); run `git gc` after a long run if the repository feels
+            # slow. --quiet: no summary, whose diff stat nobody reads.
+            argv = [*self._argv, "commit", "--quiet", "--no-verify", "--cleanup=verbatim", "--only"]
+            self._g.execute([*argv, "-m", message, "--", path])
         except git.GitCommandError as e:
             raise GitError(f"git commit failed: {(e.stderr or e.stdout or '').strip()[-500:]}") from None
         return self.head()

@@ -60,6 +60,7 @@ from .state import (
     load_state,
     save_state,
 )
+from .watch import HarnessWatch
 
 log = logging.getLogger("autoexp_mcp")
 
@@ -139,8 +140,8 @@ class Experiment:
         self._lock = threading.RLock()
         self._job: _Job | None = None
         self._text_cache: dict[str, str] = {}
-        self._tracked: list[str] | None = None
-        self._clean: tuple[str, dict[str, tuple[int, ...] | None]] | None = None
+        self._watch: HarnessWatch | None = None  # made at the first check, before any eval of this server
+        self._harness_ok: set[tuple[str, str]] = set()  # (commit, harness) pairs whose tree was verified
         self._lockfile: int | None = self._acquire_lock()
         try:
             self.git.ensure_excluded()
@@ -389,63 +390,29 @@ class Experiment:
         return guard.resolve_target(self.root, self.cfg.experiment.target)
 
     def _integrity(self, expected_head: str, *, restore: bool = True, seen: list[str] | None = None) -> list[str]:
-        """Tracked files other than the target that differ from `expected_head`, and changed
-        protected data (`protect` globs, which also catch new untracked files that match them).
-        Tracked files are restored from the commit."""
+        """What differs from `expected_head` but the target: tracked files (by bytes), git's
+        index, .git's control files, changed protected data (`protect` globs, which also catch
+        new untracked files that match them). With `restore` all but protected data is put back
+        (watch.py). `seen` gets the target when it differs from the commit."""
+        if self._watch is None:
+            self._watch = HarnessWatch(self.git, self.protected, branch=self.state.branch)
         target = self.cfg.experiment.target
-        bad: list[str] = []
-        head = self.git.head()
-        pre = self._tracked_stats()  # before git looks: a file changed meanwhile is not taken as clean
-        fast = self._unchanged_since_clean(head, expected_head, target, pre)
-        if fast is not None:
-            if seen is not None:
-                seen[:] = fast
-            return self.protected.violations()
-        if head != expected_head:
-            bad.append(f"HEAD moved to {head[:12]} (expected {expected_head[:12]})")
-            if restore:
-                self.git.unstage_all(expected_head)
-        changed = self.git.changed()
+        result = self._watch.check(expected_head, target=target, restore=restore)
         if seen is not None:
-            seen[:] = [c for c in changed if c == target]
-        tracked_bad = [c for c in changed if c != target]
-        if tracked_bad and restore:
-            self.git.restore(expected_head, tracked_bad)
-        bad += tracked_bad
-        if not bad and pre is not None:
-            self._clean = (target, pre)
-        bad += self.protected.violations()
+            seen[:] = [target] if result.target_changed else []
+        bad = result.problems
+        # Every commit of a stage holds the harness recorded when the stage started: a tree
+        # that does not was read from rewritten objects in .git (git does not re-hash them).
+        harness = self.state.harness
+        if harness is not None and (expected_head, harness) not in self._harness_ok:
+            if self._harness_hash(expected_head) == harness:
+                self._harness_ok.add((expected_head, harness))
+            else:
+                bad.append(
+                    f"commit {expected_head[:12]} does not hold the harness recorded when the experiment "
+                    "started (objects in .git were rewritten); restore .git from a backup or start a new tag"
+                )
         return bad
-
-    def _tracked_stats(self) -> dict[str, tuple[int, ...] | None] | None:
-        if self._tracked is None:
-            self._tracked = self.git.tracked_files()
-        if len(self._tracked) > 2000:
-            return None
-        out: dict[str, tuple[int, ...] | None] = {}
-        for rel in self._tracked:
-            try:
-                st = os.lstat(self.root / rel)
-            except OSError:
-                out[rel] = None
-                continue
-            out[rel] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        return out
-
-    def _unchanged_since_clean(
-        self, head: str, expected: str, target: str, now: dict[str, tuple[int, ...] | None] | None
-    ) -> list[str] | None:
-        """The changed tracked paths without running git, when no tracked file but the target
-        changed its stat (`now`) since a clean check; None when git must look."""
-        if head != expected or self._clean is None or self._clean[0] != target:
-            return None
-        if now is None or any(now.get(p) != s for p, s in self._clean[1].items() if p != target):
-            return None
-        try:
-            same = (self.root / target).read_bytes() == self._text_at(expected).encode("utf-8")
-        except OSError:
-            return None
-        return [] if same else [target]
 
     def _check_integrity(self, expected_head: str, when: str) -> list[str]:
         """Refuse (after restoring tracked files) if anything but the target changed; returns
@@ -456,7 +423,8 @@ class Experiment:
             shown = ", ".join(bad[:20])
             raise IntegrityError(
                 f"{when}: files other than the target changed: {shown}. Tracked files were restored "
-                "from the incumbent commit; untracked files are never deleted, so remove new ones or "
+                "from the incumbent commit and .git's hooks, config and refs as recorded; untracked "
+                "files are never deleted, so remove new ones or "
                 "restore protected data yourself. Only the target may change, and only via write_target.",
                 bad,
             )
@@ -628,7 +596,7 @@ class Experiment:
                     repeats_done=job.repeats_done if job else 0,
                     reason=f"still running after {elapsed:.0f}s (timeout {self.cfg.experiment.timeout:g}s); "
                     "call run_eval again to keep waiting on the same run. It stops if this server exits (as with a "
-                    "client that starts one server per call)",
+                    "client that starts one server per call); the next run_eval then starts it over",
                     next="run_eval",
                     **common,
                 )
