@@ -2,7 +2,7 @@
 and with 10,000 of them on the branch, in the ledger and in the run logs.
 
 The history is generated, not run: 10,000 kept commits on autoexp/t written with
-`git fast-import`, experiments.jsonl with a valid hash chain and the matching results.tsv,
+`git fast-import`, experiments.jsonl with a valid, signed hash chain and the matching results.tsv,
 one run log per experiment, and an idle `.autoexp/state.json` whose incumbent is the branch
 tip. Both servers stay up and take turns, one iteration each per round, each driven by the lean
 client of common.py (JSON lines on its pipes), so the figures are the servers' own time.
@@ -36,7 +36,7 @@ from common import (
     write_json,
 )
 
-from autoexp_mcp.ledger import EXPERIMENTS_JSONL, GENESIS_HASH, RESULTS_TSV, Ledger, Record, record_hash
+from autoexp_mcp.ledger import EXPERIMENTS_JSONL, GENESIS_HASH, RESULTS_TSV, Ledger, Record, seal_record
 from autoexp_mcp.state import Phase, Point, State, save_state
 
 TARGET_RATIO = 1.1
@@ -95,9 +95,8 @@ def _record(prev: str, experiment: int, commit: str, parent: str, score: float) 
         log=f".autoexp/runs/{experiment}.log",
         prev_hash=prev,
     )
-    payload = Record.model_validate(fields).model_dump(mode="json")
-    payload["hash"] = record_hash(payload)
-    return payload
+    # Signed with the user's key, as the server signs its records (it refuses an unsigned last one).
+    return seal_record(Record.model_validate(fields).model_dump(mode="json", exclude={"mac"}))
 
 
 def make_history_repo(path: Path, n: int) -> Path:

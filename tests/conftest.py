@@ -83,6 +83,16 @@ BASE_CONFIG = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The key the servers sign their files with (autoexp_mcp.auth): one per test session, in a
+    temp dir, never the user's. Session-wide so module-scoped templates share it with their tests."""
+    path = tmp_path_factory.mktemp("autoexp-key") / "key"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOEXP_KEY_FILE", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
 def _pinned_git(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     home = tmp_path_factory.mktemp("home")
@@ -197,8 +207,9 @@ def installed_command() -> str:
 
 
 def server_env() -> dict[str, str]:
-    """The whole environment of a server subprocess: PATH, the test's HOME and the pinned git identity."""
-    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ["HOME"], **GIT_ENV}
+    """The whole environment of a server subprocess: PATH, the test's HOME and key file, the pinned git identity."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ["HOME"], **GIT_ENV}
+    return {**env, "AUTOEXP_KEY_FILE": os.environ["AUTOEXP_KEY_FILE"]}
 
 
 def stdio_params(repo: Path) -> StdioServerParameters:

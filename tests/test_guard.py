@@ -337,7 +337,7 @@ def test_file_replaced_by_a_symlink_is_reported(data_root: Path) -> None:
     f = data_root / "data" / "test.csv"
     f.unlink()
     f.symlink_to(data_root / "data" / "train.csv")
-    assert p.violations() == ["data/test.csv (deleted)"]
+    assert p.violations() == ["data/test.csv (file replaced by a symlink)"]
 
 
 def test_several_violations_are_all_reported(data_root: Path) -> None:

@@ -32,7 +32,7 @@ from autoexp_mcp.errors import (
 )
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.server import build_server
-from autoexp_mcp.state import Phase, load_state
+from autoexp_mcp.state import Phase, load_state, save_state
 from autoexp_mcp.verify import verify
 from conftest import GIT_ENV, HARNESS, MakeRepo, baseline, cmdline_pids, git, harness_config, init_repo, play
 
@@ -1060,10 +1060,11 @@ def test_start_refuses_a_state_that_disagrees_with_the_ledger(make_repo: MakeRep
     play(exp, "3")
     assert exp.budget_status().stop
     exp.close()
-    path = repo / ".autoexp" / "state.json"
-    state = json.loads(path.read_text())
-    path.write_text(json.dumps({**state, "experiments": 0}))
-    with pytest.raises(AutoexpError, match="experiments.jsonl"):
+    # Signed through the real API: an old copy the server once wrote would carry a good mac too.
+    state = load_state(repo)
+    assert state is not None
+    save_state(repo, state.model_copy(update={"experiments": 0}))
+    with pytest.raises(AutoexpError, match="counts 0 experiments but experiments.jsonl has 3"):
         Experiment(repo).close()
 
 

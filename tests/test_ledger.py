@@ -1,7 +1,8 @@
-"""results.tsv and experiments.jsonl: format, text cleaning, hash chain, tail reads, torn lines."""
+"""results.tsv and experiments.jsonl: format, text cleaning, hash chain and macs, tail reads, torn lines."""
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import tracemalloc
@@ -10,7 +11,18 @@ from typing import Any
 
 import pytest
 
-from autoexp_mcp.ledger import GENESIS_HASH, MAX_TEXT_CHARS, Ledger, Record, clean_text, record_hash
+from autoexp_mcp import auth
+from autoexp_mcp.errors import IntegrityError
+from autoexp_mcp.ledger import (
+    GENESIS_HASH,
+    MAX_TEXT_CHARS,
+    Ledger,
+    Record,
+    clean_text,
+    record_hash,
+    record_mac,
+    seal_record,
+)
 
 SHA = "a" * 40
 
@@ -50,11 +62,21 @@ def test_tsv_has_a_header_and_one_column_per_metric(ledger: Ledger) -> None:
     assert len(lines) == 3  # the header is written once
 
 
-def test_crash_row_metrics_are_zero(ledger: Ledger) -> None:
+def test_crash_and_timeout_rows_leave_the_metric_fields_empty(ledger: Ledger) -> None:
+    # A 0.000000 would read as the best value of a lower-is-better metric; empty reads as NaN.
     ledger.append(row(1, status="crash", metrics={"score": None, "ms": None}))
     ledger.append(row(2, status="crash", metrics={}))
-    assert tsv_lines(ledger)[1][1:4] == ["0.000000", "0.000000", "crash"]
-    assert tsv_lines(ledger)[2][1:4] == ["0.000000", "0.000000", "crash"]
+    ledger.append(row(3, status="timeout", metrics={"score": 0.5, "ms": 3.0}))  # a partial measurement
+    ledger.append(row(4, status="discard", metrics={"score": 0.25, "ms": None}))
+    lines = tsv_lines(ledger)
+    assert lines[1][1:4] == ["", "", "crash"]
+    assert lines[2][1:4] == ["", "", "crash"]
+    assert lines[3][1:4] == ["", "", "timeout"]
+    assert lines[4][1:4] == ["0.250000", "", "discard"], "a metric without a value is empty in any row"
+    with ledger.tsv.open(newline="") as f:
+        parsed = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["score"] for r in parsed] == ["", "", "", "0.250000"]
+    assert [r["status"] for r in parsed] == ["crash", "crash", "timeout", "discard"]
 
 
 def test_tsv_header_written_when_file_exists_but_is_empty(ledger: Ledger) -> None:
@@ -153,10 +175,67 @@ def test_editing_a_record_breaks_its_hash(ledger: Ledger, field: str, value: Any
     assert record_hash(payload) != rec.hash
 
 
-def test_record_hash_ignores_only_the_hash_field() -> None:
+def test_record_hash_ignores_only_the_hash_and_the_mac() -> None:
     payload = Record.model_validate(row(1)).model_dump(mode="json")
     assert record_hash({**payload, "hash": "x"}) == record_hash({**payload, "hash": "y"})
+    assert record_hash({**payload, "mac": "x"}) == record_hash({**payload, "mac": "y"})
     assert record_hash({**payload, "prev_hash": "1" * 64}) != record_hash(payload)
+    assert record_hash({**payload, "key_id": "0" * 16}) != record_hash(payload)
+
+
+def test_each_record_carries_the_keys_mac_of_its_hash(ledger: Ledger) -> None:
+    recs = [ledger.append(row(n)) for n in (1, 2)]
+    for rec, raw in zip(recs, ledger.jsonl.read_text().splitlines(), strict=True):
+        line = json.loads(raw)
+        assert line["mac"] == rec.mac == record_mac(rec.hash)
+        assert line["key_id"] == auth.key_id()
+        assert line["hash"] == record_hash(line), "the key id is part of the hash, the mac is not"
+    assert recs[0].mac != recs[1].mac
+
+
+def forge_last(ledger: Ledger, **changes: Any) -> None:
+    """What the eval can do without the key: rewrite the last record and recompute its hash."""
+    lines = ledger.jsonl.read_text().splitlines()
+    payload = {**json.loads(lines[-1]), **changes}
+    payload["hash"] = record_hash(payload)
+    lines[-1] = json.dumps(payload)
+    ledger.jsonl.write_text("".join(line + "\n" for line in lines))
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"metrics": {"score": 99.0, "ms": 1.0}}, "does not match its mac"),
+        ({"mac": None}, "carries no mac"),
+        ({"key_id": "0" * 16}, "signed with a different key"),
+    ],
+)
+def test_last_record_refuses_a_record_forged_without_the_key(ledger: Ledger, changes: dict, why: str) -> None:
+    ledger.append(row(1))
+    ledger.append(row(2))
+    forge_last(ledger, **changes)
+    with pytest.raises(IntegrityError, match=why) as e:
+        ledger.last_record()
+    assert "hash chain was recomputed by someone without the key" in str(e.value)
+    assert "autoexp-mcp verify" in str(e.value)
+    with pytest.raises(IntegrityError):
+        ledger.append(row(3))
+    assert len(ledger.jsonl.read_text().splitlines()) == 2, "nothing chained onto a forged record"
+
+
+def test_last_record_signed_with_another_key_names_the_key_file(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger.append(row(1))
+    other = tmp_path / "other-key"
+    monkeypatch.setenv("AUTOEXP_KEY_FILE", str(other))
+    auth.mac(b"create it")
+    with pytest.raises(IntegrityError, match=f"different key than the one in {other}"):
+        ledger.last_record()
+    monkeypatch.setenv("AUTOEXP_KEY_FILE", str(tmp_path / "absent"))
+    with pytest.raises(IntegrityError, match=f"the key file {tmp_path / 'absent'} does not exist"):
+        ledger.last_record()
+    assert not (tmp_path / "absent").exists(), "checking never creates a key"
 
 
 def test_empty_ledger(ledger: Ledger) -> None:
@@ -183,7 +262,8 @@ def fill(ledger: Ledger, first: int, last: int, **kw: Any) -> None:
     with ledger.jsonl.open("a", encoding="utf-8") as f:
         for n in range(first, last + 1):
             payload = Record.model_validate({**row(n, **kw), "prev_hash": prev_hash}).model_dump(mode="json")
-            payload["hash"] = prev_hash = record_hash(payload)
+            payload = seal_record(payload)
+            prev_hash = payload["hash"]
             f.write(json.dumps(payload) + "\n")
 
 

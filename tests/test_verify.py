@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from autoexp_mcp import auth
 from autoexp_mcp.ledger import GENESIS_HASH, Ledger, Record, record_hash
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.verify import verify
@@ -74,7 +75,74 @@ def rechain(records: list[dict]) -> list[str]:
 
 def test_a_clean_run_passes(repo: Path) -> None:
     assert [json.loads(x)["status"] for x in jsonl_lines(repo)] == STATUSES
+    crash_row = (repo / "results.tsv").read_text().splitlines()[4].split("\t")
+    assert crash_row[1:3] == ["", "crash"], "verify accepts the crash row's empty metric field"
     assert verify(repo) == []
+
+
+# --- the records' macs: a chain only the key holder can extend --------------------------------
+
+FORGED = "mac does not match its hash: the hash chain was recomputed by someone without the key (forged?)"
+
+
+def test_a_chain_recomputed_without_the_key_is_reported_from_the_forged_row_on(repo: Path) -> None:
+    records = [json.loads(x) for x in jsonl_lines(repo)]
+    records[2]["status"] = "keep"  # the discarded experiment 3 becomes a keep ...
+    write_jsonl(repo, rechain(records))  # ... and the whole chain is recomputed: it holds
+    problems = verify(repo)
+    assert [p for p in problems if FORGED in p] == [f"experiments.jsonl line {n}: {FORGED}" for n in (3, 4, 5)], (
+        "rows 1-2 keep their hashes, and so their macs"
+    )
+    assert not any("prev_hash" in p or "hash does not match" in p for p in problems), "the chain itself holds"
+
+
+def test_records_without_a_mac_are_reported_as_unauthenticated(repo: Path) -> None:
+    records = [json.loads(x) for x in jsonl_lines(repo)]
+    for r in records[3:]:
+        del r["mac"]
+    write_jsonl(repo, [json.dumps(r) for r in records])
+    problems = verify(repo)
+    unsigned = "unauthenticated record (no mac: not written by this server with this user's key)"
+    assert problems == [f"experiments.jsonl line {n}: {unsigned}" for n in (4, 5)]
+
+
+def test_records_signed_with_another_key_are_reported(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other" / "key"
+    monkeypatch.setenv("AUTOEXP_KEY_FILE", str(other))
+    auth.mac(b"a key of its own")
+    problems = verify(repo)
+    assert problems[:5] == [
+        f"experiments.jsonl line {n}: signed with another key than {other} (another user's, or the key was replaced)"
+        for n in range(1, 6)
+    ]
+    assert problems[5].startswith(f".autoexp/state.json was signed with a different key than the one in {other}")
+    assert len(problems) == 6
+
+
+def test_verify_says_it_cannot_check_the_macs_without_the_key(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nowhere" / "key"
+    monkeypatch.setenv("AUTOEXP_KEY_FILE", str(missing))
+    problems = verify(repo)
+    assert problems[0] == (
+        "experiments.jsonl: cannot check the records' macs, so a hash chain recomputed by someone without the key "
+        f"would go unnoticed: the key file {missing} does not exist. Run verify as the user who ran the server, "
+        "with the same HOME, XDG_CONFIG_HOME or AUTOEXP_KEY_FILE."
+    )
+    assert problems[1].startswith(f".autoexp/state.json is signed, but the key file {missing} does not exist")
+    assert len(problems) == 2, "the hash chain and the rest are still checked, and hold"
+    assert not missing.exists(), "verify never creates a key"
+
+
+def test_a_forged_state_is_reported(repo: Path) -> None:
+    path = repo / ".autoexp" / "state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "experiments": 1}))
+    problems = verify(repo)
+    assert len(problems) == 1
+    assert problems[0].startswith(".autoexp/state.json does not match its mac: it was not written by this server")
 
 
 def test_an_edited_row_is_reported_with_its_line(repo: Path) -> None:
@@ -96,6 +164,8 @@ def test_an_edited_row_with_a_recomputed_hash_breaks_the_next_link(repo: Path) -
     write_jsonl(repo, lines)
     problems = verify(repo)
     assert problems == [
+        "experiments.jsonl line 2: mac does not match its hash: the hash chain was recomputed by someone without "
+        "the key (forged?)",
         "experiments.jsonl line 3: prev_hash does not match line 2 (reordered or a row deleted?)",
         "results.tsv line 3: score '3.000000' differs from experiments.jsonl experiment 2 ('30.000000')",
     ]
@@ -225,6 +295,15 @@ def test_the_cli_exits_0_on_a_clean_ledger_and_1_with_every_problem(repo: Path) 
     out = bad.stdout.splitlines()
     assert "FAIL: experiments.jsonl line 2: prev_hash does not match line 1 (reordered or a row deleted?)" in out
     assert all(line.startswith("FAIL: ") for line in out)
+
+
+def test_the_cli_fails_on_a_chain_recomputed_without_the_key(repo: Path) -> None:
+    records = [json.loads(x) for x in jsonl_lines(repo)]
+    records[1]["metrics"] = {"score": 300.0}
+    write_jsonl(repo, rechain(records))
+    res = run_cli(repo)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"FAIL: experiments.jsonl line 2: {FORGED}" in res.stdout.splitlines()
 
 
 # --- recovery of a crash between the JSONL and the TSV write ---------------------------------

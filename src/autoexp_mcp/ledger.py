@@ -2,7 +2,10 @@
 
 Each JSONL record carries `experiment` (1-based, consecutive), the hash of the previous
 record and its own hash, so an edited, reordered or deleted row is detectable
-(`autoexp-mcp verify`). The TSV is the short human view of the same rows.
+(`autoexp-mcp verify`), and a mac over its hash made with the user's key (`auth`), so the
+chain cannot be recomputed by anyone without the key (the eval, which can write the file).
+The TSV is the short human view of the same rows: crash and timeout rows, and metrics
+without a value, have empty metric fields (never a number that could read as a result).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from . import auth
+from .errors import IntegrityError
+
 RESULTS_TSV = "results.tsv"
 EXPERIMENTS_JSONL = "experiments.jsonl"
 GENESIS_HASH = "0" * 64
@@ -27,6 +33,7 @@ _TAIL_BYTES = 256 * 1024
 
 
 KEPT_STATUSES = ("keep", "explore")  # the statuses whose commit becomes the incumbent
+UNMEASURED_STATUSES = ("crash", "timeout")  # their TSV rows leave the metric fields empty
 
 
 class Record(BaseModel):
@@ -60,7 +67,9 @@ class Record(BaseModel):
     log_truncated: bool = False
     harness: str | None = None
     prev_hash: str = GENESIS_HASH
+    key_id: str | None = None  # the key that signed (part of the hash)
     hash: str = ""
+    mac: str | None = None  # over the hash, with that key
 
 
 def clean_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
@@ -73,14 +82,37 @@ def clean_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
 
 
 def record_hash(payload: dict[str, Any]) -> str:
-    body = {k: v for k, v in payload.items() if k != "hash"}
+    body = {k: v for k, v in payload.items() if k not in ("hash", "mac")}
     blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _signed_hash(hash_hex: str) -> bytes:
+    return b"autoexp-mcp ledger record\n" + hash_hex.encode()
+
+
+def record_mac(hash_hex: str) -> str:
+    """The mac of a record with this hash: what makes a recomputed chain detectable."""
+    return auth.mac(_signed_hash(hash_hex))
+
+
+def seal_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` (a record's fields, prev_hash set) with key_id, hash and mac filled in."""
+    payload = {**payload, "key_id": auth.key_id()}
+    payload["hash"] = record_hash(payload)
+    payload["mac"] = record_mac(payload["hash"])
+    return payload
+
+
+def record_verdict(rec: Record) -> auth.Verdict:
+    """Whether `rec`'s mac is this key's mac of its hash (the hash itself is verify's check)."""
+    return auth.verdict(_signed_hash(rec.hash), rec.mac, rec.key_id)
+
+
 def _fmt_metric(v: float | None) -> str:
+    # Empty, not 0: a zero reads as the best value of a lower-is-better metric (pandas reads NaN).
     if v is None or not math.isfinite(v):
-        return "0.000000"
+        return ""
     return f"{v:.6f}"
 
 
@@ -111,7 +143,25 @@ class Ledger:
         return "\t".join(["commit", *self.metric_names, "status", "description"]) + "\n"
 
     def last_record(self) -> Record | None:
-        """The last JSONL record, read from the file's tail (never the whole file)."""
+        """The last JSONL record, read from the file's tail (never the whole file). A restart
+        and every append take it as the truth, so its mac is checked: IntegrityError when this
+        server did not write it with this user's key."""
+        rec = self._last_record()
+        if rec is not None:
+            verdict = record_verdict(rec)
+            if verdict is not auth.Verdict.OK:
+                what = f"the last record of {EXPERIMENTS_JSONL} (experiment {rec.experiment})"
+                raise IntegrityError(
+                    f"{auth.explain(what, verdict)}: its hash chain was recomputed by someone without the key, or "
+                    "rows were added by hand. The server will not start on a ledger it cannot trust. Restore the "
+                    f"{EXPERIMENTS_JSONL} the server wrote; `autoexp-mcp verify` lists every record it cannot "
+                    "authenticate. To give this experiment up instead, move .autoexp/state.json, "
+                    f".autoexp/protect.json, {RESULTS_TSV} and {EXPERIMENTS_JSONL} aside and start a new tag.",
+                    [EXPERIMENTS_JSONL],
+                )
+        return rec
+
+    def _last_record(self) -> Record | None:
         if not self.jsonl.exists():
             return None
         with self.jsonl.open("rb") as f:
@@ -135,9 +185,7 @@ class Ledger:
         fields["description"] = clean_text(str(fields.get("description", "")))
         fields["notes"] = clean_text(str(fields.get("notes", "")))
         fields["prev_hash"] = prev.hash if prev else GENESIS_HASH
-        rec = Record.model_validate(fields)
-        payload = rec.model_dump(mode="json")
-        payload["hash"] = record_hash(payload)
+        payload = seal_record(Record.model_validate(fields).model_dump(mode="json", exclude={"mac"}))
         rec = Record.model_validate(payload)
         self._repair_torn_tail()
         _append(self.jsonl, json.dumps(payload, ensure_ascii=False, allow_nan=False) + "\n")
@@ -174,7 +222,9 @@ class Ledger:
         return True
 
     def tsv_row(self, rec: Record) -> str:
-        cols = [rec.commit, *(_fmt_metric(rec.metrics.get(n)) for n in self.metric_names), rec.status]
+        measured = rec.status not in UNMEASURED_STATUSES
+        values = [_fmt_metric(rec.metrics.get(n)) if measured else "" for n in self.metric_names]
+        cols = [rec.commit, *values, rec.status]
         return "\t".join([*cols, clean_text(rec.description)]) + "\n"
 
     def _repair_torn_tail(self) -> None:

@@ -151,7 +151,7 @@ class Experiment:
             self.protected = guard.Protected(
                 self.root, self.cfg.experiment.protect, self.dir / "protect.json", exclude=sorted(targets)
             )
-            self.protected.load_or_snapshot()
+            self.protected.load_or_snapshot(under_way=self.state.runs > 0)
             self._recover()
         except BaseException:
             self.close()

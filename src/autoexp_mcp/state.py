@@ -1,6 +1,8 @@
 """The persisted phase machine: `.autoexp/state.json`, written atomically after every change.
 
-A restarted server reads it back and continues where the previous one stopped.
+A restarted server reads it back and continues where the previous one stopped. The eval
+could have written the file, so it carries a mac made with the user's key (`auth`): a state
+this server did not write is refused, never guessed at.
 """
 
 from __future__ import annotations
@@ -12,11 +14,23 @@ import tempfile
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import auth
+from .errors import IntegrityError
+from .ledger import EXPERIMENTS_JSONL
 
 STATE_DIR = ".autoexp"
 STATE_FILE = "state.json"
 STATE_VERSION = 1
+STATE_REL = f"{STATE_DIR}/{STATE_FILE}"
+_PURPOSE = "state"
+_GIVE_UP = (
+    "To give this experiment up instead, move .autoexp/state.json, .autoexp/protect.json, results.tsv and "
+    "experiments.jsonl aside (keep them as evidence) and start a new tag: a fresh `tag` in autoexp.toml, "
+    "with `autoexp-mcp serve --from <commit>` to start from a commit you trust. `autoexp-mcp verify` shows "
+    "what the ledger says."
+)
 
 
 class Phase(StrEnum):
@@ -101,6 +115,8 @@ class State(_Model):
     stage_started_cost: float = 0.0
     harness: str | None = None
     pending: Pending | None = None
+    baseline_failed: str | None = None  # why the baseline could not be measured, and what to do
+    config_note: str | None = None  # a config change adopted between runs, for the next ledger row
 
 
 def state_path(root: Path) -> Path:
@@ -108,10 +124,47 @@ def state_path(root: Path) -> Path:
 
 
 def load_state(root: Path) -> State | None:
+    """The persisted state, or None before the first start. Raises IntegrityError when the
+    file was not written by this server with this user's key, or is gone while the ledger
+    shows an experiment under way."""
     path = state_path(root)
     if not path.exists():
+        _refuse_if_deleted(root)
         return None
-    return State.model_validate_json(path.read_text(encoding="utf-8"))
+    try:
+        payload = json.loads(path.read_bytes())
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise IntegrityError(
+            f"{STATE_REL} is not the JSON object the server writes (edited by hand, or by the eval). The server "
+            f"will not guess the state. Restore the {STATE_REL} the server wrote. {_GIVE_UP}",
+            [STATE_REL],
+        )
+    verdict = auth.unseal(payload, _PURPOSE)
+    if verdict is not auth.Verdict.OK:
+        raise IntegrityError(
+            f"{auth.explain(STATE_REL, verdict)}. The server will not guess which state is right. Restore the "
+            f"{STATE_REL} the server wrote. {_GIVE_UP}",
+            [STATE_REL],
+        )
+    try:
+        return State.model_validate(payload)
+    except ValidationError as e:  # signed by this key, so written by another version of the server
+        raise IntegrityError(f"{STATE_REL} is signed but not a state this version reads: {e}. {_GIVE_UP}") from None
+
+
+def _refuse_if_deleted(root: Path) -> None:
+    """Without a state a start begins afresh (budget and wall clock reset), which is only right
+    when no experiment was logged: the ledger moves with the state on a change of tag."""
+    ledger = root / EXPERIMENTS_JSONL
+    if ledger.exists() and ledger.stat().st_size > 0:
+        raise IntegrityError(
+            f"{STATE_REL} is missing, but {EXPERIMENTS_JSONL} holds experiments: the state was deleted (by hand, "
+            f"or by the eval), and starting afresh would reset the budget. Restore the {STATE_REL} the server "
+            f"wrote. {_GIVE_UP}",
+            [STATE_REL],
+        )
 
 
 def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
@@ -141,4 +194,6 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
 
 
 def save_state(root: Path, state: State, durable: bool = True) -> None:
-    atomic_write(state_path(root), json.dumps(state.model_dump(mode="json"), indent=1).encode(), durable)
+    """Write the state, signed with the user's key (created on the first save)."""
+    payload = auth.seal(state.model_dump(mode="json"), _PURPOSE)
+    atomic_write(state_path(root), json.dumps(payload, indent=1).encode(), durable)

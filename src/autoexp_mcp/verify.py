@@ -2,9 +2,11 @@
 
 The server writes every decided experiment to `experiments.jsonl` with a hash chain and
 to `results.tsv` as the short human view. This module checks, without changing anything,
-that the chain is intact (no row edited, reordered or deleted), that every kept commit is
-still on the experiment branch (and no reverted one is), and that the two files agree.
-Every problem is one line naming the file and its 1-based line number.
+that the chain is intact (no row edited, reordered or deleted), that every record carries
+the user's key's mac of its hash (so the chain was not recomputed by someone without the
+key), that every kept commit is still on the experiment branch (and no reverted one is),
+and that the two files agree. Every problem is one line naming the file and its 1-based
+line number.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import ledger
+from . import auth, ledger
 from .config import load_config
-from .errors import GitError
+from .errors import GitError, GuardError
 from .gitops import Git
 from .state import load_state
 
@@ -35,7 +37,33 @@ class _Line:
         self.rec = rec
 
 
-def _read_jsonl(path: Path, problems: list[str]) -> list[_Line]:
+def _key_problem() -> str | None:
+    """Why the records' macs cannot be checked here, or None when they can."""
+    try:
+        if auth.has_key():
+            return None
+        why = f"the key file {auth.key_path()} does not exist"
+    except GuardError as e:
+        why = str(e)
+    return (
+        f"{ledger.EXPERIMENTS_JSONL}: cannot check the records' macs, so a hash chain recomputed by someone "
+        f"without the key would go unnoticed: {why}. Run verify as the user who ran the server, with the same "
+        f"HOME, XDG_CONFIG_HOME or {auth.KEY_ENV}."
+    )
+
+
+def _mac_problem(rec: ledger.Record) -> str | None:
+    verdict = ledger.record_verdict(rec)
+    if verdict is auth.Verdict.OK:
+        return None
+    if verdict is auth.Verdict.MISSING:
+        return "unauthenticated record (no mac: not written by this server with this user's key)"
+    if verdict is auth.Verdict.OTHER_KEY:
+        return f"signed with another key than {auth.key_path()} (another user's, or the key was replaced)"
+    return "mac does not match its hash: the hash chain was recomputed by someone without the key (forged?)"
+
+
+def _read_jsonl(path: Path, problems: list[str], check_macs: bool) -> list[_Line]:
     where = ledger.EXPERIMENTS_JSONL
     out: list[_Line] = []
     prev: _Line | None = None
@@ -63,6 +91,8 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[_Line]:
         line = _Line(lineno, payload, rec)
         if ledger.record_hash(payload) != rec.hash:
             problems.append(f"{where} line {lineno}: hash does not match its content (edited?)")
+        elif check_macs and (unsigned := _mac_problem(rec)) is not None:
+            problems.append(f"{where} line {lineno}: {unsigned}")
         if prev is not None:
             if rec.prev_hash != prev.rec.hash:
                 problems.append(
@@ -88,7 +118,11 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[_Line]:
 
 def _check_state(root: Path, lines: list[_Line], problems: list[str]) -> None:
     """Rows deleted from the end leave an intact chain; the persisted state still counts them."""
-    st = load_state(root)
+    try:
+        st = load_state(root)
+    except GuardError as e:  # not signed by this key, or gone while the ledger has rows
+        problems.append(str(e))
+        return
     if st is None:
         return
     mine = [ln for ln in lines if ln.rec.tag in (None, st.tag)]
@@ -201,7 +235,10 @@ def verify(repo: Path) -> list[str]:
     names = cfg.ledger_metric_names
     jsonl = root / ledger.EXPERIMENTS_JSONL
     problems: list[str] = []
-    lines = _read_jsonl(jsonl, problems) if jsonl.exists() else []
+    key_problem = _key_problem() if jsonl.exists() and jsonl.stat().st_size > 0 else None
+    if key_problem is not None:
+        problems.append(key_problem)
+    lines = _read_jsonl(jsonl, problems, check_macs=key_problem is None) if jsonl.exists() else []
     _check_state(root, lines, problems)
     _check_commits(git, cfg.experiment.tag, lines, problems)
     _check_tsv(root / ledger.RESULTS_TSV, ledger.Ledger(root, names).header, names, lines, problems)
