@@ -133,14 +133,20 @@ def init_repo(path: Path, files: dict[str, str]) -> Path:
 
 
 def harness_config(
-    *, timeout: float = 10, wait: float = 10, max_experiments: int = 50, crashes: int = 3, extra: str = ""
+    *,
+    timeout: float = 10,
+    wait: float = 10,
+    max_experiments: int = 50,
+    crashes: int = 3,
+    extra: str = "",
+    sandbox: str | None = None,
 ) -> str:
-    return (
-        BASE_CONFIG.format(
-            python=sys.executable, timeout=timeout, wait=wait, max_experiments=max_experiments, crashes=crashes
-        )
-        + extra
+    """The test harness's config; `sandbox="none"` for tests of the defences that work without
+    one (the default, "auto", sandboxes every eval where bubblewrap runs)."""
+    text = BASE_CONFIG.format(
+        python=sys.executable, timeout=timeout, wait=wait, max_experiments=max_experiments, crashes=crashes
     )
+    return text + extra + (f'\n[sandbox]\nmode = "{sandbox}"\n' if sandbox else "")
 
 
 MakeRepo = Callable[..., Path]

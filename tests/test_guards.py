@@ -263,9 +263,17 @@ def test_run_eval_refuses_a_harness_deleted_between_commit_and_eval(exp_after_ba
     assert (repo / "evaluate.py").read_text() == HARNESS
 
 
-def test_run_eval_refuses_a_harness_that_edits_itself_during_the_eval(exp_after_baseline: Experiment) -> None:
-    exp = exp_after_baseline
-    status, decision = play(exp, "touch evaluate.py")
+# The tests of in-eval tampering run without the sandbox (which would refuse the writes):
+# they test the defences that hold when there is none.
+
+
+def test_run_eval_refuses_a_harness_that_edits_itself_during_the_eval(make_repo: MakeRepo) -> None:
+    exp = Experiment(make_repo(sandbox="none"))
+    try:
+        baseline(exp)
+        status, decision = play(exp, "touch evaluate.py")
+    finally:
+        exp.close()
     assert (status, decision) == ("crash", "crash")
     assert "harness changed during the run: evaluate.py" in records(exp.root)[-1]["reason"]
     assert (exp.root / "evaluate.py").read_text() == HARNESS
@@ -284,7 +292,8 @@ HELPER = 'open("tools/lookup.csv", "a").write("9,9\\n")\n'
 
 
 def test_run_eval_refuses_a_helper_script_that_edits_a_tracked_file_during_the_eval(make_repo: MakeRepo) -> None:
-    repo = make_repo(files={"evaluate.py": HELPER_HARNESS, "tools/helper.py": HELPER, "tools/lookup.csv": "1,1\n"})
+    files = {"evaluate.py": HELPER_HARNESS, "tools/helper.py": HELPER, "tools/lookup.csv": "1,1\n"}
+    repo = make_repo(sandbox="none", files=files)
     exp = Experiment(repo)
     try:
         baseline(exp)
@@ -305,7 +314,7 @@ def test_run_eval_refuses_an_eval_that_moves_head(make_repo: MakeRepo) -> None:
         '"commit", "-q", "--allow-empty", "-m", "sneaky"], check=True)\n'
         '    print("score: 100"); sys.exit(0)',
     )
-    repo = make_repo(files={"evaluate.py": harness})
+    repo = make_repo(sandbox="none", files={"evaluate.py": harness})
     exp = Experiment(repo)
     try:
         baseline(exp)
@@ -334,7 +343,7 @@ def test_commit_refuses_after_the_agent_committed_with_git_itself(exp_after_base
 
 
 def test_run_eval_refuses_an_eval_that_rewrites_the_target(make_repo: MakeRepo) -> None:
-    repo = make_repo(value="-1")
+    repo = make_repo(value="-1", sandbox="none")
     exp = Experiment(repo)
     try:
         baseline(exp)
@@ -384,7 +393,7 @@ def test_run_eval_refuses_a_metric_file_not_written_by_this_run(make_repo: MakeR
 
 @pytest.fixture
 def data_repo(make_repo: MakeRepo) -> Path:
-    repo = make_repo(config=with_experiment_keys('protect = ["data/**"]'))
+    repo = make_repo(config=with_experiment_keys('protect = ["data/**"]', sandbox="none"))
     (repo / "data").mkdir()
     (repo / "data" / "train.csv").write_text("x,y\n1,2\n")
     (repo / "data" / "sub").mkdir()
@@ -686,7 +695,7 @@ TOOL_ARGS: dict[str, dict[str, Any]] = {
 WRONG = [(phase, tool) for phase in PHASES for tool in TOOLS if phase not in ALLOWED[tool]]
 
 
-def drive_to(exp: Experiment, phase: str) -> None:
+def drive_to(exp: Experiment, phase: str, start_run: bool = True) -> None:
     if phase == "baseline":
         return
     baseline(exp)
@@ -696,7 +705,7 @@ def drive_to(exp: Experiment, phase: str) -> None:
     if phase == "edited":
         return
     exp.commit("two")
-    if phase == "committed":
+    if phase == "committed" or not start_run:
         return
     if phase == "running":
         assert exp.run_eval(0).status == "running"
@@ -723,7 +732,9 @@ def phase_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
             )
             exp = Experiment(repo)
             try:
-                drive_to(exp, phase)
+                # A closed server's run is over (logged as interrupted when it opens again): a
+                # running copy is started from a committed template when it is opened.
+                drive_to(exp, phase, start_run=phase != "running")
             finally:
                 exp.close()
             out[phase] = repo
@@ -749,6 +760,8 @@ def open_at(phase_templates: dict[str, Path], tmp_path: Path) -> Iterator[Callab
         shutil.copytree(phase_templates[phase], repo, symlinks=True)
         exp = Experiment(repo)
         opened.append(exp)
+        if phase == "running":
+            assert exp.run_eval(0).status == "running"
         return exp
 
     yield open_
@@ -970,7 +983,7 @@ def test_cpu_seconds_turn_a_busy_loop_into_a_crash(make_repo: MakeRepo) -> None:
         view = exp.run_eval(30)
         assert view.status == "crash", view
         assert view.elapsed_s < 15, "killed by RLIMIT_CPU, long before the 30 s timeout"
-        assert "exited with code -24" in view.reason  # SIGXCPU
+        assert "SIGXCPU" in view.reason
     finally:
         exp.close()
 

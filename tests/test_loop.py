@@ -260,11 +260,17 @@ def test_a_restart_at_any_phase_loses_nothing_and_logs_nothing_twice(make_repo: 
     exp = Experiment(repo)
     try:
         st = load_state(repo)
+        if stop_at == "running":  # the run stopped with the server: logged, counted, reverted
+            assert st is not None and st.phase == Phase.IDLE
+            assert [(r["experiment"], r["status"]) for r in jsonl(repo)] == [(1, "keep"), (2, "interrupted")]
+            assert exp.read_target().content == "1\n"
+            assert exp.budget_status().consecutive_crashes == 1
+            return
         assert st is not None and st.phase == Phase(stop_at)
         assert exp.read_target().content == "sleep 0.5 6\n"
         if stop_at == "edited":
             exp.commit("six, slowly")
-        if stop_at in ("edited", "committed", "running"):
+        if stop_at in ("edited", "committed"):
             view = exp.run_eval(30)
             assert view.status == "done" and view.metrics == {"score": 6.0}
         if stop_at != "decided":
@@ -314,16 +320,25 @@ def test_a_commit_made_but_not_recorded_comes_back_as_an_uncommitted_edit(make_r
         exp.close()
 
 
-def test_the_baseline_crash_asks_for_the_baseline_again(make_repo: MakeRepo) -> None:
-    exp = Experiment(make_repo(value="crash"))
+def test_a_baseline_crash_stops_until_a_fix_is_committed(make_repo: MakeRepo) -> None:
+    repo = make_repo(value="crash")
+    exp = Experiment(repo)
     try:
         assert exp.run_eval(30).status == "crash"
         d = exp.decide()
         assert d.status == "crash" and not d.reverted
         log = exp.log_result()
-        assert log.next == "run_eval"
+        assert log.next == "stop" and "baseline could not be measured" in log.budget.reason
         with pytest.raises(OrderError, match="baseline has not been measured"):
             exp.write_target(content="1\n")
+    finally:
+        exp.close()
+    (repo / "value.txt").write_text("1\n")
+    git(repo, "commit", "-qam", "a target that runs")
+    exp = Experiment(repo)
+    try:
+        assert exp.budget_status().next == "run_eval"
+        assert exp.run_eval(30).metrics == {"score": 1.0}
     finally:
         exp.close()
 

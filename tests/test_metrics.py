@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from autoexp_mcp.config import MetricConfig
-from autoexp_mcp.metrics import MAX_METRIC_FILE_BYTES, describe, extract, log_text_for_metrics
+from autoexp_mcp.metrics import MAX_METRIC_FILE_BYTES, describe, extract
+from autoexp_mcp.runner import METRIC_WINDOW, CappedLog
 
 
 def metric(name: str = "score", **kw: Any) -> MetricConfig:
@@ -199,7 +200,8 @@ def test_file_source_default_cwd_is_process_cwd(tmp_path: Path, monkeypatch: pyt
 
 
 def test_file_source_missing_file_is_an_error(tmp_path: Path) -> None:
-    assert error_of(metric(file="result.txt"), "score: 1\n", cwd=tmp_path) == "the eval did not write result.txt"
+    error = error_of(metric(file="result.txt"), "score: 1\n", cwd=tmp_path)
+    assert error.startswith("the eval did not write result.txt")
 
 
 def test_file_source_too_large_is_an_error(tmp_path: Path) -> None:
@@ -216,26 +218,26 @@ def test_describe_says_where_each_metric_comes_from() -> None:
     )
 
 
-# --- reading the log --------------------------------------------------------------------
+# --- what the server received -------------------------------------------------------------
 
 
-def test_log_text_for_metrics_small_file_is_whole(tmp_path: Path) -> None:
-    log = tmp_path / "run.log"
-    log.write_bytes(b"a\nscore: 1\n")
-    assert log_text_for_metrics(log) == "a\nscore: 1\n"
+def received(chunks: list[bytes], tmp_path: Path) -> str:
+    log = CappedLog(tmp_path / "run.log", 64 * 1024 * 1024)
+    for chunk in chunks:
+        log.write(chunk)
+    log.close()
+    return log.received().decode("utf-8", errors="replace")
 
 
-def test_log_text_for_metrics_missing_file_is_empty(tmp_path: Path) -> None:
-    assert log_text_for_metrics(tmp_path / "nope.log") == ""
+def test_small_output_is_received_whole(tmp_path: Path) -> None:
+    assert received([b"a\n", b"score: 1\n"], tmp_path) == "a\nscore: 1\n"
 
 
-def test_log_text_for_metrics_large_file_keeps_head_and_tail(tmp_path: Path) -> None:
-    window = 64 * 1024
-    log = tmp_path / "run.log"
-    middle = b"MIDDLE-MARKER\n" + b"x" * (10 * window) + b"\n"
-    log.write_bytes(b"start: 1\n" + b"." * (2 * window) + b"\n" + middle + b"." * (2 * window) + b"\nscore: 0.5\n")
-    text = log_text_for_metrics(log, window=window)
-    assert len(text.encode()) <= 2 * window + 1
+def test_large_output_keeps_the_head_and_tail_windows(tmp_path: Path) -> None:
+    middle = b"MIDDLE-MARKER\n" + b"x" * (3 * METRIC_WINDOW) + b"\n"
+    chunks = [b"start: 1\n", b"." * METRIC_WINDOW + b"\n", middle, b"." * METRIC_WINDOW, b"\nscore: 0.5\n"]
+    text = received(chunks, tmp_path)
+    assert len(text.encode()) <= 2 * METRIC_WINDOW + 1
     assert text.startswith("start: 1\n")
     assert text.endswith("score: 0.5\n")
     assert "MIDDLE-MARKER" not in text
@@ -243,7 +245,19 @@ def test_log_text_for_metrics_large_file_keeps_head_and_tail(tmp_path: Path) -> 
     assert one(metric("start"), text) == 1.0
 
 
-def test_log_text_for_metrics_replaces_invalid_utf8(tmp_path: Path) -> None:
-    log = tmp_path / "run.log"
-    log.write_bytes(b"\xff\xfe garbage\nscore: 2\n")
-    assert one(metric(), log_text_for_metrics(log)) == 2.0
+def test_output_just_over_one_window_is_received_whole(tmp_path: Path) -> None:
+    data = b"score: 3\n" + b"y" * METRIC_WINDOW + b"\nend: 4\n"
+    text = received([data[i : i + 1000] for i in range(0, len(data), 1000)], tmp_path)
+    assert text.encode() == data
+
+
+def test_invalid_utf8_in_the_output_is_replaced(tmp_path: Path) -> None:
+    assert one(metric(), received([b"\xff\xfe garbage\nscore: 2\n"], tmp_path)) == 2.0
+
+
+def test_the_received_output_ignores_a_log_file_rewritten_behind_the_server(tmp_path: Path) -> None:
+    log = CappedLog(tmp_path / "run.log", 64 * 1024 * 1024)
+    log.write(b"score: 2\n")
+    (tmp_path / "run.log").write_bytes(b"score: 1000\n")
+    log.close()
+    assert one(metric(), log.received().decode()) == 2.0

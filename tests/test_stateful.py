@@ -119,8 +119,15 @@ class LoopMachine(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
+        running = self.exp.state.phase == Phase.RUNNING
         self.exp.close()
         self.exp = Experiment(self.repo)
+        # A run still going stopped with the server: it is logged as interrupted, and counted
+        # (unless it ended just before the close).
+        last = self.exp.ledger.last_record()
+        if running and last is not None and last.experiment == self.logged + 1:
+            assert last.status == "interrupted"
+            self.logged += 1
 
     @rule(steps=st.integers(1, 10), value=st.sampled_from(VALUES))
     def follow_the_loop(self, steps: int, value: str) -> None:

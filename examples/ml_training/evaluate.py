@@ -13,6 +13,10 @@ lines are the metrics:
 Exit status: 0 on success, 1 if train.py fails or returns bad predictions (wrong shape,
 NaN, not probabilities), 3 if training exceeds the time cap.
 This file and data/ are the harness: the experiment loop edits only train.py.
+
+train.py's code runs in a child process that never gets the metric channel: under
+autoexp-mcp (AUTOEXP_METRIC_FD set) the harness reports its figures there, so whatever
+train.py prints, the server reads only what this file computed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import importlib.util  # noqa: E402
 import signal  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -38,6 +44,12 @@ DATA_DIR = HERE / "data"
 TIME_CAP_S = 5.0  # wall-clock budget of one call to train()
 NUM_CLASSES = 3
 PROB_FLOOR = 1e-12  # a probability of 0 for the true class costs -log(1e-12) = 27.6
+CHILD_SLACK_S = 30.0  # start-up and prediction time of the child, beyond the training cap
+
+# The metric channel, taken before any code of train.py runs, and closed in every child.
+_METRIC_FD = os.environ.pop("AUTOEXP_METRIC_FD", None)
+if _METRIC_FD is not None:
+    os.set_inheritable(int(_METRIC_FD), False)
 
 
 class EvalError(Exception):
@@ -102,16 +114,19 @@ def check_probabilities(p: object, n: int) -> np.ndarray:
     return p
 
 
-def main() -> int:
+def run_train() -> int:
+    """In the child: train, predict, and save the predictions for the parent to score."""
+    out = sys.argv[2]
     x_train, y_train = load_split("train")
-    x_val, y_val = load_split("val")
+    x_val, _ = load_split("val")
     try:
         module = load_train_module()
         predict, train_s = call_with_cap(module.train, x_train.copy(), y_train.copy(), NUM_CLASSES)
         if not callable(predict):
             raise EvalError(f"train() must return a function from inputs to probabilities, got {predict!r:.80}")
-        p = check_probabilities(predict(x_val.copy()), len(y_val))
-        p_train = check_probabilities(predict(x_train.copy()), len(y_train))
+        p_val = np.asarray(predict(x_val.copy()), dtype=np.float64)
+        p_train = np.asarray(predict(x_train.copy()), dtype=np.float64)
+        np.savez(out, p_val=p_val, p_train=p_train, t=train_s)  # plain arrays: no pickle crosses back
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.status
@@ -119,15 +134,46 @@ def main() -> int:
         traceback.print_exc(limit=-3)
         print("error: train.py raised an exception", file=sys.stderr)
         return 1
+    return 0
+
+
+def main() -> int:
+    _, y_train = load_split("train")
+    _, y_val = load_split("val")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "predictions.npz")
+        try:
+            child = subprocess.run(
+                [sys.executable, __file__, "--train", out], stdin=subprocess.DEVNULL, timeout=TIME_CAP_S + CHILD_SLACK_S
+            )
+        except subprocess.TimeoutExpired:
+            print(f"error: training took over the {TIME_CAP_S:.0f} s budget; stopped", file=sys.stderr)
+            return 3
+        if child.returncode != 0:
+            return child.returncode
+        try:
+            with np.load(out, allow_pickle=False) as saved:
+                p = check_probabilities(saved["p_val"], len(y_val))
+                p_train = check_probabilities(saved["p_train"], len(y_train))
+                train_s = float(saved["t"])
+        except EvalError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.status
     train_acc = float(np.mean(p_train.argmax(axis=1) == y_train))
     val_loss = float(-np.mean(np.log(np.maximum(p[np.arange(len(y_val)), y_val], PROB_FLOOR))))
     val_acc = float(np.mean(p.argmax(axis=1) == y_val))
-    print(f"train_time_s: {train_s:.3f}")
-    print(f"train_accuracy: {train_acc:.4f}")
-    print(f"val_accuracy: {val_acc:.4f}")
-    print(f"val_loss: {val_loss:.4f}")
+    figures = (
+        f"train_time_s: {train_s:.3f}\n"
+        f"train_accuracy: {train_acc:.4f}\n"
+        f"val_accuracy: {val_acc:.4f}\n"
+        f"val_loss: {val_loss:.4f}\n"
+    )
+    print(figures, end="")
+    if _METRIC_FD is not None:
+        with os.fdopen(int(_METRIC_FD), "w") as channel:
+            channel.write(figures)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_train() if sys.argv[1:2] == ["--train"] else main())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import BudgetConfig
+from .state import State
 
 
 @dataclass(frozen=True)
@@ -77,3 +78,25 @@ def summary_line(budget: BudgetConfig) -> str:
     if budget.abort_on_consecutive_crashes is not None:
         parts.append(f"stop after {budget.abort_on_consecutive_crashes} crashes in a row")
     return ", ".join(parts) if parts else "no cap (until interrupted)"
+
+
+def usage_of(st: State, now: float) -> Usage:
+    """The usage the budget is judged on: the running stage's (the whole run's when there are
+    no stages). The wall clock starts with the first eval run, not at the first server start."""
+    since = st.stage_started_at if st.stage_started_at is not None else st.started_at
+    return Usage(
+        experiments=st.experiments - st.stage_started_experiments,
+        consecutive_crashes=st.consecutive_crashes,
+        cost_usd=st.cost_usd - st.stage_started_cost,
+        tokens_used=st.tokens_used,
+        elapsed_s=0.0 if st.runs == 0 else max(0.0, now - since),
+    )
+
+
+def view_of(st: State, budget: BudgetConfig, now: float) -> BudgetView:
+    """The budget of the experiment in `st`, for the server and the CLI alike: the caps, and a
+    stop when the baseline could not be measured (until a fix is committed)."""
+    view = check(usage_of(st, now), budget)
+    if st.baseline_failed and st.incumbent is None and not view.stop:
+        view = replace(view, stop=True, reason=st.baseline_failed)
+    return view

@@ -42,7 +42,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Opener, build_server
     from .stdio import serve_stdio
 
-    repo, from_commit = _repo(args), args.from_commit
+    repo, from_commit, accept_git_config = _repo(args), args.from_commit, args.accept_git_config
+    from .runner import make_undumpable
+
+    make_undumpable()  # an eval of the same user cannot read our environment or memory
 
     def open_experiment():  # in a worker thread, while the client's handshake is answered
         from .loop import Experiment
@@ -50,8 +53,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not repo.is_dir():
             what = "not a directory" if repo.exists() else "no such directory"
             raise GitError(f"--repo {repo}: {what}; give the path of the repository to experiment on")
-        exp = Experiment(repo, from_commit=from_commit)
+        exp = Experiment(repo, from_commit=from_commit, accept_git_config=accept_git_config)
         log.info("autoexp-mcp %s serving %s on branch %s", __version__, exp.root, exp.cfg.experiment.branch)
+        if exp.iso.active:
+            log.info("evals run %s", exp.iso.note)
+        else:
+            log.warning("WARNING: evals run with %s. `autoexp-mcp check` says how to get a sandbox.", exp.iso.note)
         return exp
 
     opener = Opener(open_experiment)
@@ -161,62 +168,86 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from . import guard, metrics
-    from .config import CONFIG_FILE, DEFAULT_ENV_ALLOWLIST, load_config
-    from .runner import EvalProcess, RunSpec, build_env, read_tail
+    from . import guard, runs
+    from .config import CONFIG_FILE, load_config
+    from .errors import AutoexpError
+    from .metrics import describe
 
     repo = _repo(args)
-    cfg = load_config(repo)
-    exp = cfg.for_stage(0).experiment
+    cfg = load_config(repo).for_stage(0)
+    exp = cfg.experiment
     guard.resolve_target(repo, exp.target)
     print(f"config:  {repo / CONFIG_FILE} (tag {exp.tag}, target {exp.target})")
     print(f"eval:    {exp.eval}   (timeout {exp.timeout:g}s, cwd {repo})")
+    try:
+        iso = runs.isolation(cfg.sandbox)
+    except AutoexpError as e:
+        print(f"FAIL:    sandbox: {e}")
+        return 1
+    if iso.active:
+        print(f"sandbox: {iso.note}")
+    else:
+        print(f"sandbox: WARNING: {iso.note}.")
+        print(f"         {SANDBOX_HOWTO}")
+    from .preflight import problems as preflight_problems
+
+    problems = preflight_problems(repo)
+    for problem in problems:
+        print(f"FAIL:    {_for_shell(problem)}")
     with tempfile.TemporaryDirectory(prefix="autoexp-check-") as tmp:
-        log_path = Path(tmp) / "check.log"
-        spec = RunSpec(
+        plan = runs.RunPlan(
+            root=repo,
+            cfg=cfg,
+            iso=iso,
             argv=exp.argv,
-            cwd=repo,
-            env=build_env(
-                [*DEFAULT_ENV_ALLOWLIST, *exp.env],
-                {"AUTOEXP_RUN": "0", "AUTOEXP_REPEAT": "0", "AUTOEXP_REPEATS": "1"},
-            ),
-            timeout_s=exp.timeout,
-            log_path=log_path,
-            max_log_bytes=exp.max_log_bytes,
+            log_rel="check.log",
+            log_root=Path(tmp),
+            env=runs.eval_env(cfg, run=0, repeat=0, experiment=0, commit="check", pycache=runs.SANDBOX_PYCACHE),
+            timeout=exp.timeout,
             run_id=f"check-{uuid.uuid4().hex[:8]}",
-            cpu_seconds=exp.cpu_seconds,
-            memory_mb=exp.memory_mb,
+            metric_cfgs=cfg.metric,
+            git_dirs=[repo / ".git"],
         )
         try:
-            proc = EvalProcess(spec)
+            proc = plan.start()
+            proc.wait()
+            out = proc.outcome
+            assert out is not None
+            ex = plan.extract(out)
         except AutoexpError as e:
             print(f"FAIL: {e}")
             return 1
-        proc.wait()
-        out = proc.outcome
-        assert out is not None
-        tail = read_tail(log_path, 1200)
-        print(f"ran:     {out.elapsed_s:.2f}s, exit code {out.returncode}, {out.output_bytes} bytes of output")
-        if out.status == "timeout":
-            print(
-                f"FAIL: the eval ran past the timeout of {exp.timeout:g}s and was killed.\n--- output tail ---\n{tail}"
-            )
-            return 1
-        if out.status == "crash":
-            print(f"FAIL: the eval exited with code {out.returncode} (non-zero counts as a crash).")
-            print(f"--- output tail ---\n{tail}")
-            return 1
-        ex = metrics.extract(cfg.for_stage(0).metric, metrics.log_text_for_metrics(log_path), cwd=repo)
-    for m in cfg.for_stage(0).metric:
+        finally:
+            plan.close()
+    tail = proc.tail(1200)
+    print(f"ran:     {out.elapsed_s:.2f}s, exit code {out.returncode}, {out.output_bytes} bytes of output")
+    if out.status == "timeout":
+        print(f"FAIL: the eval ran past the timeout of {exp.timeout:g}s and was killed.\n--- output tail ---\n{tail}")
+        return 1
+    if out.status == "crash":
+        print(f"FAIL: the eval exited with code {out.returncode} (non-zero counts as a crash).")
+        print(f"--- output tail ---\n{tail}")
+        return 1
+    for m in cfg.metric:
         if m.name in ex.values:
-            print(f"metric:  {m.name} = {ex.values[m.name]:.6g}  ({m.direction}; {metrics.describe(m)})")
+            print(f"metric:  {m.name} = {ex.values[m.name]:.6g}  ({m.direction}; {describe(m)})")
         else:
-            print(f"FAIL:    {m.name}: {ex.errors[m.name]}  (expected {metrics.describe(m)})")
+            print(f"FAIL:    {m.name}: {ex.errors[m.name]}  (expected {describe(m)})")
     if not ex.ok:
         print(f"--- output tail ---\n{tail}")
         return 1
+    if problems:
+        print("The eval works, but `serve` will refuse to start until the problems above are fixed.")
+        return 1
     print("ok: the server can measure this experiment.")
     return 0
+
+
+SANDBOX_HOWTO = (
+    "To sandbox evals, install bubblewrap (Debian/Ubuntu: apt install bubblewrap; Fedora: dnf install "
+    "bubblewrap). In a container without user namespaces, run the server outside it or give the container "
+    'user namespaces. To run without one knowingly, set [sandbox] mode = "none".'
+)
 
 
 # --- status, report, prompt, verify ---------------------------------------------------------
@@ -246,10 +277,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     stage_cfg = cfg.for_stage(st.stage)
-    view = budget.check(
-        budget.Usage(st.experiments, st.consecutive_crashes, st.cost_usd, st.tokens_used, time.time() - st.started_at),
-        stage_cfg.budget,
-    )
+    view = budget.view_of(st, stage_cfg.budget, time.time())
     if args.json:  # for scripts: e.g. a headless loop that relaunches the agent until stop is true
         points = {name: getattr(st, name) for name in ("baseline", "best", "incumbent")}
         out = {
@@ -292,10 +320,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_prompt(args: argparse.Namespace) -> int:
     from . import prompting
+    from .state import load_state
 
     repo = _repo(args)
     cfg, records = _records(repo)
-    print(prompting.render(cfg.for_stage(0), records[-200:], root=repo, domain=args.domain), end="")
+    st = load_state(repo)
+    stage = st.stage if st is not None else 0
+    print(prompting.render_current(cfg, stage, records[-200:], root=repo, domain=args.domain), end="")
     return 0
 
 
@@ -353,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the MCP server over stdio")
     _repo_arg(p)
     p.add_argument("--from", dest="from_commit", default=None, help="start a new tag from this commit")
+    p.add_argument(
+        "--accept-git-config",
+        action="store_true",
+        help="accept .git/config or .git/info/attributes changes made since the last server ran",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("init", help="write a starter autoexp.toml")

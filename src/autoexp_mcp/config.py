@@ -373,6 +373,48 @@ def parse_config(data: dict[str, Any], source: str = CONFIG_FILE) -> Config:
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 
+def parse_config_text(text: str, source: str = CONFIG_FILE) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    return parse_config(data, source)
+
+
+# What may change between two runs of one experiment: caps and waits, never what is measured
+# or how it is judged (their results would not compare with the rows already logged).
+ADOPTABLE = ("budget", "experiment.timeout", "experiment.wait_seconds", "stage.budget")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{prefix}.{i}"))
+        return out if value else {prefix: []}
+    return {prefix: value}
+
+
+def config_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """The differences between two configs as `key: old → new` lines, and the keys among them
+    that may not change between runs."""
+    a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    changes, refused = [], []
+    for key in sorted(a.keys() | b.keys()):
+        if a.get(key) == b.get(key):
+            continue
+        changes.append(f"{key}: {a.get(key)} → {b.get(key)}")
+        generic = ".".join(part for part in key.split(".") if not part.isdigit())
+        if not generic.startswith(ADOPTABLE):
+            refused.append(key)
+    return changes, refused
+
+
 def load_config(repo: Path) -> Config:
     path = Path(repo) / CONFIG_FILE
     if not path.is_file():

@@ -240,6 +240,20 @@ class Git:
         """`git ls-tree -r` of a recorded commit: one line per tracked file (mode, type, object, path)."""
         return str(self._g.ls_tree("-r", "--full-tree", _sha(sha)))
 
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        """Whether recorded commit `older` is an ancestor of (or is) `newer`."""
+        try:
+            self._g.merge_base("--is-ancestor", _sha(older), _sha(newer))
+        except git.GitCommandError:
+            return False
+        return True
+
+    def paths_changed(self, a: str, b: str) -> set[str]:
+        """The paths whose entry (mode or content) differs between two recorded commits' trees."""
+        ea = {e.path: (e.mode, e.sha) for e in self.tree_entries(a)}
+        eb = {e.path: (e.mode, e.sha) for e in self.tree_entries(b)}
+        return {p for p in ea.keys() | eb.keys() if ea.get(p) != eb.get(p)}
+
     def tracked_files(self) -> list[str]:
         """Every path in the index, repo-relative."""
         return [p for p in str(self._g.ls_files("-z")).split("\0") if p]

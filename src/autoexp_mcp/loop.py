@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from . import budget as budgetmod
-from . import guard, ledger, metrics, policy
-from .config import CONFIG_FILE, DEFAULT_ENV_ALLOWLIST, Config, MetricConfig, load_config
+from . import guard, ledger, metrics, policy, preflight, runs
+from .config import CONFIG_FILE, Config, MetricConfig, load_config
 from .errors import (
     BudgetExhausted,
-    DirtyTreeError,
     EvalError,
     GuardError,
     IntegrityError,
@@ -48,7 +47,7 @@ from .models import (
     TargetView,
     WriteResult,
 )
-from .runner import EvalProcess, RunOutcome, RunSpec, kill_marked, read_tail
+from .runner import EvalProcess, RunOutcome, kill_marked
 from .state import (
     STATE_DIR,
     DecisionState,
@@ -60,7 +59,7 @@ from .state import (
     load_state,
     save_state,
 )
-from .watch import HarnessWatch
+from .watch import HarnessWatch, code_config_digest
 
 log = logging.getLogger("autoexp_mcp")
 
@@ -68,6 +67,9 @@ TAIL_BYTES = 1500  # output tail returned to the agent: enough to see an error, 
 MAX_DESCRIPTION = 500
 MAX_NOTES = 2000
 ARCHIVE_DIR = "archive"
+FAILED_STATUSES = ("crash", "timeout", "interrupted")  # count toward the crashes-in-a-row limit
+MAX_COST_USD = 1e6  # per log_result call: anything larger is a mistake, and sums must stay finite
+MAX_TOKENS = 10**12
 
 _NEXT = {
     Phase.EDITED: "commit",
@@ -97,6 +99,8 @@ class _Job:
         self.run = run
         self.run_id = f"{uuid.uuid4().hex[:12]}-{run}"
         self.current: EvalProcess | None = None
+        self.current_hidden = False  # the current run is the hold-out: its output never reaches a tool result
+        self.last_tail = ""  # the output tail of the last visible run
         self.repeats_done = 0
         self.started = time.monotonic()
         self.done = threading.Event()
@@ -120,7 +124,11 @@ class _Job:
 
     def tail(self) -> str:
         proc = self.current
-        return proc.tail(TAIL_BYTES) if proc is not None else ""
+        if proc is None:
+            return ""
+        if self.current_hidden:
+            return self.last_tail + "\n[autoexp: the hold-out check is running; its output is not shown]"
+        return proc.tail(TAIL_BYTES)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -130,9 +138,19 @@ class _Job:
 
 
 class Experiment:
-    def __init__(self, repo: Path, cfg: Config | None = None, *, from_commit: str | None = None) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        cfg: Config | None = None,
+        *,
+        from_commit: str | None = None,
+        accept_git_config: bool = False,
+    ) -> None:
         self.git = Git(Path(repo))
         self.root = self.git.root
+        config_path = self.root / CONFIG_FILE
+        # The bytes the config was read from: a restart must run with the committed config.
+        self._config_bytes = config_path.read_bytes() if cfg is None and config_path.is_file() else None
         self.full_cfg = cfg if cfg is not None else load_config(self.root)
         self.dir = self.root / STATE_DIR
         self.ledger = ledger.Ledger(self.root, self.full_cfg.ledger_metric_names)
@@ -143,16 +161,27 @@ class Experiment:
         self._watch: HarnessWatch | None = None  # made at the first check, before any eval of this server
         self._harness_ok: set[tuple[str, str]] = set()  # (commit, harness) pairs whose tree was verified
         self._lockfile: int | None = self._acquire_lock()
+        # The eval must not see git's own files: the repository's .git (a directory, or a file
+        # in a worktree) and the directories it points at.
+        self._git_dirs = sorted({self.root / ".git", self.git.git_dir, self.git.common_dir})
         try:
+            self.iso = runs.isolation(self.full_cfg.sandbox)
+            self._check_git_code_config(accept_git_config)
             self.git.ensure_excluded()
             self._switch_tag_files()
             self.state = self._open(from_commit)
+            self._adopt_user_commits()
+            self._check_config_committed()
             targets = {self.full_cfg.for_stage(i).experiment.target for i in range(max(1, len(self.full_cfg.stage)))}
             self.protected = guard.Protected(
                 self.root, self.cfg.experiment.protect, self.dir / "protect.json", exclude=sorted(targets)
             )
             self.protected.load_or_snapshot(under_way=self.state.runs > 0)
             self._recover()
+            digest = code_config_digest(self.git)
+            if self.state.git_code_config != digest:
+                self.state.git_code_config = digest
+                self._save()
         except BaseException:
             self.close()
             raise
@@ -241,6 +270,95 @@ class Experiment:
         self._save()
         return state
 
+    def _check_git_code_config(self, accept: bool) -> None:
+        """Before any git command that could run a filter: the .git files that could make git run
+        code must be as the last server left them (an eval without a sandbox may have changed
+        them and killed the server). Refused, with what to do, unless the user accepts them."""
+        old = load_state(self.root)
+        if accept or old is None or old.git_code_config is None or old.tag != self.full_cfg.experiment.tag:
+            return
+        if code_config_digest(self.git) != old.git_code_config:
+            raise GuardError(
+                ".git/config, .git/config.worktree or .git/info/attributes changed since the last server ran: an "
+                "eval without a sandbox could have set a filter there that runs code inside the server's git "
+                "commands. Look at them (`git config --local --list`, `cat .git/info/attributes`); if the change "
+                "is yours, start the server once with `autoexp-mcp serve --accept-git-config`."
+            )
+
+    def _baseline_failed(self, reason: str) -> str:
+        branch = self.full_cfg.experiment.branch
+        return (
+            f"the baseline could not be measured ({reason}), so no experiment can be judged. Fix the config or the "
+            f"harness (`autoexp-mcp check` runs the eval once and shows what it reads), commit the fix on {branch}, "
+            "and start the server again: it then measures the baseline again. If the fix was outside the "
+            "repository (a missing package), `git commit --allow-empty -m 'measure the baseline again'` asks for it."
+        )
+
+    def _adopt_user_commits(self) -> None:
+        """Commits made on the experiment branch between runs, on top of the incumbent (or of the
+        start, before a baseline was measured), are never reset silently: before a baseline they
+        become the new start (a fixed harness or config); after it, a change of autoexp.toml's
+        budget caps, timeout or wait is adopted and logged with the next row; anything else is
+        refused with what to do. A commit touching only the target is the server's own commit
+        that a crash kept from being recorded: `_recover` handles it."""
+        st = self.state
+        if st.phase != Phase.IDLE:
+            return
+        expected, head = self._expected_head(), self.git.head()
+        if head == expected or not self.git.is_ancestor(expected, head):
+            return
+        branch = st.branch
+        if st.incumbent is None:
+            st.start_commit = head
+            st.harness = self._harness_hash(head)
+            st.baseline_failed = None
+            self._save()
+            log.warning("%s moved to %s before a baseline was measured: the experiment starts there", branch, head[:12])
+            return
+        target = self.cfg.experiment.target
+        changed = self.git.paths_changed(expected, head)
+        if changed <= {target} and changed:
+            return
+        if changed != {CONFIG_FILE}:
+            raise GuardError(
+                f"{branch} is at {head[:12]}, past the incumbent {expected[:12]}, with commits that change "
+                f"{', '.join(sorted(changed)[:10])}. The server adopts only a change of {CONFIG_FILE}'s budget, "
+                "timeout or wait_seconds between runs; it never resets your commits silently. Keep them in a new "
+                "experiment "
+                f"(a new [experiment].tag, then `autoexp-mcp serve --from {head[:12]}`), or move the branch back with "
+                f"`git reset --hard {expected[:12]}`."
+            )
+        from .config import config_changes, parse_config_text
+
+        old = parse_config_text(self.git.show_file(expected, CONFIG_FILE).decode(), f"{CONFIG_FILE} at {expected[:12]}")
+        changes, refused = config_changes(old, self.full_cfg)
+        if refused:
+            best = (st.best or st.incumbent).commit
+            raise GuardError(
+                f"the {CONFIG_FILE} committed at {head[:12]} changes {', '.join(refused)}, which would make its "
+                "results incomparable with the experiments already run. Between runs the server adopts only budget "
+                "caps, timeout and wait_seconds. Start a new experiment from the best commit instead: put a new "
+                f"[experiment].tag in {CONFIG_FILE}, then `autoexp-mcp serve --from {best[:12]}`; or move the branch "
+                f"back with `git reset --hard {expected[:12]}`."
+            )
+        st.incumbent.commit = head  # the same target, with the new config: reverts keep the change
+        st.harness = self._harness_hash(head)
+        st.config_note = "; ".join(changes)
+        self._save()
+        log.warning("adopted the %s committed at %s: %s", CONFIG_FILE, head[:12], st.config_note)
+
+    def _check_config_committed(self) -> None:
+        """The config in force is the one committed at the incumbent: a changed, uncommitted or
+        untracked autoexp.toml (the eval may have written it before a restart) is refused,
+        never silently reset."""
+        if self._config_bytes is None:
+            return
+        err = preflight.config_error(
+            self.git, self._expected_head(), self._config_bytes, self.full_cfg.experiment.branch
+        )
+        if err is not None:
+            raise err
+
     def _check_ledger_agrees(self, st: State) -> None:
         """The ledger is the record: a state.json that disagrees with it (edited, or restored
         from an old copy) would reset the budget or number rows twice, so refuse to start."""
@@ -256,15 +374,9 @@ class Experiment:
             )
 
     def _refuse_dirty(self, allow: Sequence[str] = ()) -> None:
-        changed = self.git.changed()
-        changed = [p for p in changed if p not in allow]
-        if changed:
-            shown = ", ".join(changed[:20]) + (f" and {len(changed) - 20} more" if len(changed) > 20 else "")
-            raise DirtyTreeError(
-                f"the working tree has uncommitted changes to tracked files: {shown}. Commit or stash them "
-                "first (no restart needed: the next tool call checks again); autoexp-mcp only starts from a "
-                "clean tree so that every result is reproducible."
-            )
+        err = preflight.dirty_error(self.git, allow)
+        if err is not None:
+            raise err
 
     def _check_target_tracked(self) -> None:
         target = self.cfg.experiment.target
@@ -301,12 +413,32 @@ class Experiment:
                 st.pending = Pending(experiment=st.experiments + 1, parent=expected)
                 self._save()
         elif st.phase == Phase.RUNNING and p is not None and p.run_id:
-            # The eval of the previous server died with it (or must): run it again on the next run_eval.
+            # The eval of the previous server died with it (or must). The run was recorded as
+            # started, so it counts: an eval that kills the server on every unlucky draw must
+            # not get an invisible best-of-N.
             kill_marked(p.run_id)
+            self._log_interrupted(p)
         elif st.phase == Phase.DECIDED and p is not None:
             if head != expected:
                 self.git.reset_hard(expected)
             self._log_if_written()
+
+    def _log_interrupted(self, p: Pending) -> None:
+        """Log the run a stopped server left unfinished as `interrupted` (a crash for the budget
+        and the crashes-in-a-row limit) and go back to the incumbent."""
+        st = self.state
+        reason = (
+            f"the server stopped while run {p.run} was going (killed, or its client left); "
+            "the run counts as a crash"
+        )
+        p.result = EvalResult(status="interrupted", reason=reason)
+        p.decision = DecisionState(status="interrupted", rule="interrupted", reason=reason)
+        st.phase = Phase.DECIDED
+        self._save()
+        if not p.baseline and st.incumbent is not None:
+            self.git.reset_hard(st.incumbent.commit)
+        log.warning("run %s was interrupted by a server stop; logged as experiment %d", p.run, p.experiment)
+        self.log_result(notes="logged by the server when it restarted")
 
     def _log_if_written(self) -> None:
         """After a crash between the ledger append and the state write, finish the transition."""
@@ -319,13 +451,7 @@ class Experiment:
             self._advance_after_log(p, float(last.cost_usd), int(last.tokens_used))
 
     def _expected_head(self) -> str:
-        st = self.state
-        p = st.pending
-        if st.phase in (Phase.COMMITTED, Phase.RUNNING, Phase.EVALUATED) and p is not None and p.commit:
-            return p.commit
-        if st.incumbent is not None:
-            return st.incumbent.commit
-        return st.start_commit
+        return preflight.expected_head(self.state)
 
     def _save(self, durable: bool = True) -> None:
         save_state(self.root, self.state, durable)
@@ -366,20 +492,8 @@ class Experiment:
             nxt = self.next_tool()
             raise OrderError(f"{tool} is not allowed in phase '{st.phase}'. Call {nxt} next.", nxt)
 
-    def _usage(self) -> budgetmod.Usage:
-        """Usage of the running stage (the whole run when there are no stages)."""
-        st = self.state
-        since = st.stage_started_at if st.stage_started_at is not None else st.started_at
-        return budgetmod.Usage(
-            experiments=st.experiments - st.stage_started_experiments,
-            consecutive_crashes=st.consecutive_crashes,
-            cost_usd=st.cost_usd - st.stage_started_cost,
-            tokens_used=st.tokens_used,
-            elapsed_s=max(0.0, time.time() - since),
-        )
-
     def budget(self) -> budgetmod.BudgetView:
-        return budgetmod.check(self._usage(), self.cfg.budget)
+        return budgetmod.view_of(self.state, self.cfg.budget, time.time())
 
     def _require_budget(self) -> None:
         view = self.budget()
@@ -509,7 +623,8 @@ class Experiment:
                     "the target is identical to the incumbent: there is nothing to commit. "
                     "Change it with write_target first."
                 )
-            text = path.read_text(encoding="utf-8", errors="replace")
+            # Bytes as committed: no newline translation (a CRLF target stays CRLF in the cache).
+            text = path.read_bytes().decode("utf-8", errors="replace")
             sha = self.git.commit_file(target, f"autoexp #{p.experiment}: {desc}")
             self._text_cache[f"{sha}:{target}"] = text
             p.commit = sha
@@ -535,6 +650,8 @@ class Experiment:
                 return None
             if st.phase == Phase.IDLE:  # the baseline
                 self._require_budget()
+                if st.experiments == 0:  # the wall clock starts with the first run, not at the first server start
+                    st.started_at = time.time()
                 head = self.git.head()
                 st.pending = Pending(
                     experiment=st.experiments + 1,
@@ -553,7 +670,7 @@ class Experiment:
             p.run = st.runs
             p.run_id = job.run_id
             st.phase = Phase.RUNNING
-            self._save(durable=False)
+            self._save()  # durably: a run cut short by a stopped server is found and counted
             (self.dir / "runs").mkdir(exist_ok=True)
             self._job = job
             job.thread.start()
@@ -596,13 +713,13 @@ class Experiment:
                     repeats_done=job.repeats_done if job else 0,
                     reason=f"still running after {elapsed:.0f}s (timeout {self.cfg.experiment.timeout:g}s); "
                     "call run_eval again to keep waiting on the same run. It stops if this server exits (as with a "
-                    "client that starts one server per call); the next run_eval then starts it over",
+                    "client that starts one server per call)",
                     next="run_eval",
                     **common,
                 )
             r = p.result
             assert r is not None
-            tail = read_tail(self.root / r.log, TAIL_BYTES) if r.log else ""
+            tail = r.tail
             return EvalView(
                 status=r.status,
                 elapsed_s=r.elapsed_s,
@@ -678,16 +795,26 @@ class Experiment:
 
     def _apply_drift(self, p: Pending, inc: Point, fresh: dict[str, list[float]]) -> None:
         """The incumbent re-measured before this experiment: adopt the new figures if they moved."""
+        values, p.drift_note = self._incumbent_values(inc, fresh)
+        if values is fresh:
+            inc.values = fresh
+            inc.metrics = dict(policy.Measurement(fresh).means())
+
+    def _incumbent_values(
+        self, inc: Point, fresh: dict[str, list[float]] | None
+    ) -> tuple[dict[str, list[float]], str | None]:
+        """What a candidate is compared with, the one rule for the preliminary decision (whether
+        the hold-out runs) and the final one: the incumbent's re-measured figures when the drift
+        rule says they moved, else its recorded ones; and the note saying which."""
+        if not fresh:
+            return inc.values, None
         cfg = self.cfg
         moved, why = policy.drift(
             policy.Measurement(inc.values), policy.Measurement(fresh), cfg.objective, cfg.policy.noise_sigmas
         )
         if moved:
-            inc.values = fresh
-            inc.metrics = dict(policy.Measurement(fresh).means())
-            p.drift_note = f"incumbent re-measured and updated: {why}"
-        else:
-            p.drift_note = f"incumbent re-measured, no drift: {why}"
+            return fresh, f"incumbent re-measured and updated: {why}"
+        return inc.values, f"incumbent re-measured, no drift: {why}"
 
     def _beats(self, cand: Point, best: Point) -> bool:
         """Whether `cand` should replace the best-ever point, by the configured rule itself."""
@@ -708,8 +835,7 @@ class Experiment:
     ) -> LogResult:
         with self._lock:
             self._require("log_result")
-            if tokens_used < 0 or (cost_usd is not None and (cost_usd < 0 or not math.isfinite(cost_usd))):
-                raise GuardError("tokens_used and cost_usd must be finite, non-negative numbers.")
+            _check_spend(tokens_used, cost_usd)
             st = self.state
             p = st.pending
             assert p is not None and p.decision is not None and p.result is not None and p.commit is not None
@@ -742,9 +868,12 @@ class Experiment:
                 log=r.log,
                 log_truncated=r.log_truncated,
                 harness=st.harness,
+                sandbox=self.iso.label,
             )
             if p.drift_note:
                 fields["drift"] = p.drift_note
+            if st.config_note:
+                fields["config_change"] = st.config_note
             if self.cfg.holdout is not None and (r.holdout is not None or r.holdout_failed):
                 # Marked, and only here: never in a tool result or the prompt.
                 fields["holdout"] = {"value": r.holdout, "passed": not r.holdout_failed, "hidden": True}
@@ -773,9 +902,12 @@ class Experiment:
         st.experiments = p.experiment
         st.cost_usd += cost
         st.tokens_used += tokens
-        crashed = p.decision.status in ("crash", "timeout")
+        crashed = p.decision.status in FAILED_STATUSES
         st.consecutive_crashes = st.consecutive_crashes + 1 if crashed else 0
+        if p.baseline and st.incumbent is None and p.decision.status in ("crash", "timeout"):
+            st.baseline_failed = self._baseline_failed(p.decision.reason)
         st.pending = None
+        st.config_note = None
         st.phase = Phase.IDLE
         self._save(durable=False)
         self._maybe_next_stage()
@@ -827,29 +959,18 @@ class Experiment:
                 hours_left=v.hours_left,
                 stage=self.full_cfg.stage_name(self.state.stage),
                 best=self._best(self.state.best),
+                sandbox=None if self.iso.active else self.iso.note,
                 next=self.next_tool(),
             )
 
     # --- views for the prompt, resources and the CLI -----------------------------------------
 
-    def stage_line(self) -> str:
-        st = self.state
-        if not self.full_cfg.stage:
-            return ""
-        name = self.full_cfg.stage_name(st.stage)
-        return (
-            f"- **Pipeline stage**: {st.stage + 1} of {len(self.full_cfg.stage)} ({name}); earlier stages' "
-            "targets are frozen."
-        )
-
     def render_prompt(self, domain: str | None = None) -> str:
         from . import prompting
 
-        records = self.ledger.tail(200)
-        if self.full_cfg.stage:
-            stage = self.full_cfg.stage_name(self.state.stage)
-            records = [r for r in records if r.stage == stage]
-        return prompting.render(self.cfg, records, root=self.root, domain=domain, stage_line=self.stage_line())
+        return prompting.render_current(
+            self.full_cfg, self.state.stage, self.ledger.tail(200), root=self.root, domain=domain
+        )
 
     def last_log(self) -> Path | None:
         runs = self.dir / "runs"
@@ -867,42 +988,50 @@ class Experiment:
 
     # --- the eval, in the job's thread ---------------------------------------------------
 
-    def _eval_env(self, job: _Job, repeat: int, commit: str) -> dict[str, str]:
-        cfg = self.cfg
-        p = self.state.pending
-        extra = {
-            "AUTOEXP_RUN": str(job.run),
-            "AUTOEXP_REPEAT": str(repeat),
-            "AUTOEXP_REPEATS": str(cfg.policy.repeats),
-            "AUTOEXP_EXPERIMENT": str(p.experiment if p else 0),
-            "AUTOEXP_COMMIT": commit,
-            "AUTOEXP_TAG": cfg.experiment.tag,
-            "AUTOEXP_TARGET": cfg.experiment.target,
-        }
-        from .runner import build_env
-
-        return build_env([*DEFAULT_ENV_ALLOWLIST, *cfg.experiment.env], extra)
-
     def _run_once(
-        self, job: _Job, argv: Sequence[str], log_name: str, repeat: int, commit: str, timeout: float
-    ) -> RunOutcome:
-        exp = self.cfg.experiment
-        spec = RunSpec(
+        self,
+        job: _Job,
+        argv: Sequence[str],
+        log_name: str,
+        repeat: int,
+        commit: str,
+        timeout: float,
+        metric_cfgs: Sequence[MetricConfig],
+        holdout: bool,
+    ) -> tuple[RunOutcome, metrics.Extraction]:
+        p = self.state.pending
+        plan = runs.RunPlan(
+            root=self.root,
+            cfg=self.cfg,
+            iso=self.iso,
             argv=argv,
-            cwd=self.root,
-            env=self._eval_env(job, repeat, commit),
-            timeout_s=timeout,
-            log_path=self.dir / "runs" / log_name,
-            max_log_bytes=exp.max_log_bytes,
+            log_rel=f"{STATE_DIR}/runs/{log_name}",
+            env=runs.eval_env(
+                self.cfg,
+                run=job.run,
+                repeat=repeat,
+                experiment=p.experiment if p else 0,
+                commit=commit,
+                pycache=runs.SANDBOX_PYCACHE,
+            ),
+            timeout=timeout,
             run_id=job.run_id,
-            cpu_seconds=exp.cpu_seconds,
-            memory_mb=exp.memory_mb,
+            metric_cfgs=metric_cfgs,
+            git_dirs=self._git_dirs,
+            holdout=holdout,
         )
-        proc = EvalProcess(spec)
-        job.current = proc
-        proc.wait()
-        assert proc.outcome is not None
-        return proc.outcome
+        try:
+            proc = plan.start()
+            job.current = proc
+            job.current_hidden = holdout
+            proc.wait()
+            out = proc.outcome
+            assert out is not None
+            if not holdout:
+                job.last_tail = proc.tail(TAIL_BYTES)
+            return out, plan.extract(out)
+        finally:
+            plan.close()
 
     def _measure(
         self,
@@ -915,9 +1044,11 @@ class Experiment:
         metric_cfgs: Sequence[MetricConfig],
         timeout: float,
         target_from: str | None = None,
+        holdout: bool = False,
     ) -> EvalResult:
-        """Run `argv` `repeats` times with integrity checks around each run; extract metrics.
-        The target must still hold its version in `target_from` (default `commit`) afterwards."""
+        """Run `argv` `repeats` times with integrity checks around each run; extract metrics
+        from what the server received. The target must still hold its version in
+        `target_from` (default `commit`) afterwards."""
         values: dict[str, list[float]] = {m.name: [] for m in metric_cfgs}
         elapsed = 0.0
         log_rel = ""
@@ -932,15 +1063,20 @@ class Experiment:
                 return EvalResult(status="crash", reason="harness changed before the run: " + ", ".join(bad[:10]))
             name = f"{label}.log" if repeats == 1 else f"{label}-{k + 1}.log"
             log_rel = f"{STATE_DIR}/runs/{name}"
-            files_before = {m.file: _stat_sig(self.root / m.file) for m in metric_cfgs if m.file}
             try:
-                out = self._run_once(job, argv, name, k, commit, timeout)
-            except EvalError as e:
+                out, ex = self._run_once(job, argv, name, k, commit, timeout, metric_cfgs, holdout)
+            except (EvalError, OSError) as e:
                 return EvalResult(status="crash", reason=str(e), log=log_rel)
             elapsed += out.elapsed_s
             truncated = truncated or out.truncated
             rc = out.returncode
-            run_facts = dict(elapsed_s=round(elapsed, 3), log=log_rel, log_truncated=truncated, returncode=rc)
+            run_facts = dict(
+                elapsed_s=round(elapsed, 3),
+                log=log_rel,
+                log_truncated=truncated,
+                returncode=rc,
+                tail="" if holdout else job.last_tail,
+            )
 
             def failed(status: str, reason: str, facts: dict[str, Any] = run_facts) -> EvalResult:
                 return EvalResult.model_validate({"status": status, "reason": reason, **facts})
@@ -954,15 +1090,7 @@ class Experiment:
             if out.status == "timeout":
                 return failed("timeout", f"the eval ran past the timeout of {timeout:g}s and was killed")
             if out.status == "crash":
-                return failed("crash", f"the eval exited with code {out.returncode}")
-            stale = [f for f, sig in files_before.items() if _stat_sig(self.root / f) in (None, sig)]
-            if stale:
-                return failed(
-                    "crash",
-                    f"the eval did not write {', '.join(stale)} during this run (a file left from an earlier "
-                    "run, or put there by anyone else, is not a result)",
-                )
-            ex = metrics.extract(metric_cfgs, metrics.log_text_for_metrics(self.root / log_rel), cwd=self.root)
+                return failed("crash", "the eval " + runs.describe_exit(out.returncode, self.iso.active))
             if not ex.ok:
                 return failed("crash", "no usable metric: " + ex.summary())
             for name_, v in ex.values.items():
@@ -978,6 +1106,7 @@ class Experiment:
             log=log_rel,
             log_truncated=truncated,
             returncode=rc,
+            tail="" if holdout else job.last_tail,
             reason=f"measured in {elapsed:.1f}s" + (f" over {repeats} runs" if repeats > 1 else ""),
         )
 
@@ -1033,7 +1162,7 @@ class Experiment:
             return result
         if not baseline:
             assert inc is not None
-            incumbent = policy.Measurement(drift_values or inc.values)
+            incumbent = policy.Measurement(self._incumbent_values(inc, drift_values)[0])
             prelim = policy.decide(policy.Measurement(result.values), incumbent, cfg, experiment_index=index)
             if prelim.status != "keep":
                 return result
@@ -1047,6 +1176,7 @@ class Experiment:
             repeats=1,
             metric_cfgs=[cfg.objective],
             timeout=hold.timeout or cfg.experiment.timeout,
+            holdout=True,
         )
         value = held.metrics.get(cfg.objective.name) if held.status == "done" else None
         result.holdout = value
@@ -1072,15 +1202,6 @@ class Experiment:
             self._save(durable=False)
 
 
-def _stat_sig(path: Path) -> tuple[int, int, int] | None:
-    """Identity of a file's current content: changes whenever it is written (ctime cannot be set)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_ctime_ns, st.st_size)
-
-
 def _diff_lines(a: str, b: str) -> int:
     import difflib
 
@@ -1089,3 +1210,17 @@ def _diff_lines(a: str, b: str) -> int:
         for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0)
         if line[:1] in "+-" and not line.startswith(("+++", "---"))
     )
+
+
+def _check_spend(tokens_used: int, cost_usd: float | None) -> None:
+    """Refuse spend figures that are negative, not finite, or too large to add up."""
+    if isinstance(tokens_used, bool) or not isinstance(tokens_used, int) or not 0 <= tokens_used <= MAX_TOKENS:
+        raise GuardError(
+            f"tokens_used must be a whole number from 0 to {MAX_TOKENS:.0e} (got {tokens_used!r}). Nothing was logged; "
+            "call log_result again with the tokens this experiment used."
+        )
+    if cost_usd is not None and not (math.isfinite(cost_usd) and 0 <= cost_usd <= MAX_COST_USD):
+        raise GuardError(
+            f"cost_usd must be a finite number of dollars from 0 to {MAX_COST_USD:.0e} (got {cost_usd!r}). Nothing was "
+            "logged; call log_result again with this experiment's cost, or leave it out."
+        )

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import fsafe
 from .config import MetricConfig
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|infinity|nan)"
@@ -39,6 +40,8 @@ def default_pattern(name: str) -> re.Pattern[str]:
 def describe(m: MetricConfig) -> str:
     """How the server reads this metric, in words the agent and the user understand."""
     where = f"the file {m.file}" if m.file else "the eval output"
+    if m.channel == "fd":
+        where = "the metric channel (AUTOEXP_METRIC_FD)"
     if m.json_key:
         return f"{m.name}: key {m.json_key!r} of the last JSON object line in {where}"
     if m.pattern:
@@ -104,23 +107,65 @@ def _loose_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"^\s*{re.escape(name)}\s*[:=]\s*(.*?)\s*$", re.MULTILINE | re.IGNORECASE)
 
 
-def extract(metrics: Iterable[MetricConfig], output: str, cwd: Path | None = None) -> Extraction:
-    """Extract each metric from `output` (or from its `file`, relative to `cwd`)."""
+class MetricFileError(ValueError):
+    """A metric file that is there but cannot be a result (too large)."""
+
+
+def read_file(root: Path, rel: str) -> str | None:
+    """A metric file's text, read once without following symlinks; None when it is missing,
+    a symlink or not a regular file. Raises MetricFileError when it is too large."""
+    try:
+        data = fsafe.read_beneath(root, rel, MAX_METRIC_FILE_BYTES)
+    except (OSError, ValueError):
+        return None
+    if len(data) > MAX_METRIC_FILE_BYTES:
+        raise MetricFileError(f"{rel} is larger than {MAX_METRIC_FILE_BYTES} bytes")
+    return data.decode("utf-8", errors="replace")
+
+
+def read_files(root: Path, rels: Iterable[str]) -> dict[str, str | MetricFileError | None]:
+    out: dict[str, str | MetricFileError | None] = {}
+    for rel in rels:
+        try:
+            out[rel] = read_file(root, rel)
+        except MetricFileError as e:
+            out[rel] = e
+    return out
+
+
+def extract(
+    metrics: Iterable[MetricConfig],
+    output: str,
+    cwd: Path | None = None,
+    *,
+    files: Mapping[str, str | MetricFileError | None] | None = None,
+    channel: str | None = None,
+) -> Extraction:
+    """Extract each metric from `output`, from the metric channel's text, or from its `file`:
+    the text in `files` (read by the caller right after the run), else read now under `cwd`."""
     lines = output.splitlines()
+    channel_lines = (channel or "").splitlines()
     values: dict[str, float] = {}
     errors: dict[str, str] = {}
     for m in metrics:
         src_lines: Sequence[str] = lines
-        if m.file:
-            path = (cwd or Path.cwd()) / m.file
-            try:
-                if path.stat().st_size > MAX_METRIC_FILE_BYTES:
-                    errors[m.name] = f"{m.file} is larger than {MAX_METRIC_FILE_BYTES} bytes"
-                    continue
-                src_lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            except OSError:
-                errors[m.name] = f"the eval did not write {m.file}"
+        if m.channel == "fd":
+            if not channel_lines:
+                errors[m.name] = "nothing arrived on the metric channel (the fd named by AUTOEXP_METRIC_FD)"
                 continue
+            src_lines = channel_lines
+        elif m.file:
+            text = (files if files is not None else read_files(cwd or Path.cwd(), [m.file])).get(m.file)
+            if text is None:
+                errors[m.name] = (
+                    f"the eval did not write {m.file} during this run (a file left from an earlier run, put there "
+                    "by anyone else, or a symlink, is not a result)"
+                )
+                continue
+            if isinstance(text, MetricFileError):
+                errors[m.name] = str(text)
+                continue
+            src_lines = text.splitlines()
         value, err = _from_lines(m, src_lines)
         if err is not None:
             errors[m.name] = err
@@ -128,21 +173,3 @@ def extract(metrics: Iterable[MetricConfig], output: str, cwd: Path | None = Non
             assert value is not None
             values[m.name] = value
     return Extraction(values, errors)
-
-
-def log_text_for_metrics(path: Path, window: int = 1024 * 1024) -> str:
-    """The output to search: the whole log when small, else its first and last `window` bytes."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(0)
-            if size <= 2 * window:
-                data = f.read()
-            else:
-                head = f.read(window)
-                f.seek(size - window)
-                data = head + b"\n" + f.read()
-    except OSError:
-        return ""
-    return data.decode("utf-8", errors="replace")

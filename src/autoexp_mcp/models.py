@@ -79,6 +79,7 @@ class BudgetStatus(_Result):
     hours_left: float | None
     stage: str | None = None
     best: Best | None = None
+    sandbox: str | None = None  # set only when evals run without a sandbox: why, and what that means
 
 
 class Row(BaseModel):

@@ -153,3 +153,18 @@ def render(
     }
     values["domain_notes"] = Template(_domain_text(chosen)).safe_substitute(values).strip()
     return Template(template).safe_substitute(values).strip() + "\n"
+
+
+def render_current(
+    full_cfg: Config, stage: int, records: Sequence[Record], *, root: Path | None = None, domain: str | None = None
+) -> str:
+    """The prompt for the experiment as it stands: the running pipeline stage's target,
+    metrics and budget, and that stage's rows. The one rendering for the server and the CLI."""
+    if not full_cfg.stage:
+        return render(full_cfg, records, root=root, domain=domain)
+    name = full_cfg.stage_name(stage)
+    line = (
+        f"- **Pipeline stage**: {stage + 1} of {len(full_cfg.stage)} ({name}); earlier stages' targets are frozen."
+    )
+    rows = [r for r in records if r.stage == name]
+    return render(full_cfg.for_stage(stage), rows, root=root, domain=domain, stage_line=line)

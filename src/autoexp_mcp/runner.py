@@ -35,9 +35,12 @@ EVAL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of the eval's process group
 PIPE_EOF_S = 0.05  # after the group is killed, how long EOF on the output pipe may take
 READER_JOIN_S = 2.0  # how long to wait for the output pipe to drain after the eval exits
 TAIL_KEEP_BYTES = 1024 * 1024  # tail of a runaway log kept in memory (and written at the end)
+METRIC_WINDOW = 1024 * 1024  # the first and last bytes of the output kept in memory for the metrics
+METRIC_FD_VAR = "AUTOEXP_METRIC_FD"
 CHUNK = 64 * 1024
 MARKER_VAR = "AUTOEXP_RUN_ID"
 PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
+PR_SET_DUMPABLE = 4
 REAP_WAIT_S = 2.0  # how long a sweep waits for its killed leftovers to exit (one stuck in D state is given up)
 SWEEP_ROUNDS = 100  # killing a leftover hands its own children to us: sweep again, at most this often
 
@@ -47,16 +50,27 @@ RunStatus = Literal["done", "crash", "timeout"]
 
 
 class CappedLog:
-    """A log file holding at most `limit` bytes: the head, an omission line, and the tail."""
+    """A log file holding at most `limit` bytes: the head, an omission line, and the tail.
 
-    def __init__(self, path: Path, limit: int) -> None:
+    The file is only a record for people: what the server measures comes from memory (the
+    first and last `METRIC_WINDOW` bytes it received), never from the file read back, since an
+    eval without a sandbox could rewrite the file while it runs. The file is created fresh
+    (`fd`, from fsafe.create_beneath: no symlink followed) and read back only through that fd.
+    """
+
+    def __init__(self, path: Path, limit: int, fd: int | None = None) -> None:
         self.path = path
         self.tail_limit = min(TAIL_KEEP_BYTES, limit // 2)
         self.head_limit = limit - self.tail_limit
-        self._f = path.open("wb")
+        if fd is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self._f = os.fdopen(fd, "w+b")
         self._head_written = 0
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
+        self._mem_head = bytearray()  # the first METRIC_WINDOW bytes received
+        self._mem_tail: deque[bytes] = deque()  # the last METRIC_WINDOW bytes (at least) received
+        self._mem_tail_len = 0
         self.total = 0
         self._lock = threading.Lock()
 
@@ -67,6 +81,7 @@ class CappedLog:
     def write(self, data: bytes) -> None:
         with self._lock:
             self.total += len(data)
+            self._remember(data)
             room = self.head_limit - self._head_written
             if room > 0:
                 self._f.write(data[:room])
@@ -79,16 +94,29 @@ class CappedLog:
                 while self._tail_len - len(self._tail[0]) >= self.tail_limit:
                     self._tail_len -= len(self._tail.popleft())
 
-    def tail_bytes(self, n: int) -> bytes:
-        """The last `n` bytes written (from memory past the head, else from the file)."""
+    def _remember(self, data: bytes) -> None:
+        room = METRIC_WINDOW - len(self._mem_head)
+        if room > 0:
+            self._mem_head += data[:room]
+        self._mem_tail.append(data)
+        self._mem_tail_len += len(data)
+        while self._mem_tail_len - len(self._mem_tail[0]) >= METRIC_WINDOW:
+            self._mem_tail_len -= len(self._mem_tail.popleft())
+
+    def received(self) -> bytes:
+        """What the metrics are read from: all of the output when it is at most two windows
+        long, else its first and last window joined by a newline."""
         with self._lock:
-            if self._tail:
-                return b"".join(self._tail)[-n:]
-            if not self._f.closed:
-                self._f.flush()
-        with self.path.open("rb") as f:
-            f.seek(max(0, self._head_written - n))
-            return f.read(n)
+            tail = b"".join(self._mem_tail)
+            if self.total <= 2 * METRIC_WINDOW:
+                return bytes(self._mem_head) + tail[len(tail) - (self.total - len(self._mem_head)) :]
+            return bytes(self._mem_head) + b"\n" + tail[-METRIC_WINDOW:]
+
+    def tail_bytes(self, n: int) -> bytes:
+        """The last `n` bytes received (from memory)."""
+        with self._lock:
+            tail = b"".join(self._mem_tail)
+            return tail[-n:]
 
     def close(self) -> None:
         with self._lock:
@@ -103,6 +131,42 @@ class CappedLog:
             self._f.close()
 
 
+class Channel:
+    """The metric channel: a pipe whose write end only the eval's first process gets (as
+    AUTOEXP_METRIC_FD); what arrives is kept in memory, at most METRIC_WINDOW bytes."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()  # both close-on-exec; pass_fds hands on the write end
+        self._data = bytearray()
+        self._thread = threading.Thread(target=self._drain, name="eval-metric-channel", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.read_fd, CHUNK)
+            except OSError:
+                break
+            if not chunk:
+                break
+            room = METRIC_WINDOW - len(self._data)
+            if room > 0:
+                self._data += chunk[:room]
+
+    def close_write(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.write_fd)
+
+    def finish(self, timeout: float) -> bytes:
+        """The bytes received, once every holder of the write end has closed it (or `timeout`)."""
+        self.close_write()
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            with contextlib.suppress(OSError):
+                os.close(self.read_fd)
+        return bytes(self._data)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     argv: Sequence[str]
@@ -114,6 +178,8 @@ class RunSpec:
     run_id: str
     cpu_seconds: int | None = None
     memory_mb: int | None = None
+    log_fd: int | None = None  # the log, already created without following symlinks (fsafe)
+    metric_channel: bool = False  # give the eval AUTOEXP_METRIC_FD
 
 
 @dataclass(frozen=True)
@@ -125,6 +191,8 @@ class RunOutcome:
     truncated: bool
     output_bytes: int
     error: str | None = None
+    output: bytes = b""  # what the server received (see CappedLog.received): the metrics come from here
+    channel: bytes = b""  # what arrived on the metric channel
 
 
 def _limits(cpu_seconds: int | None, memory_mb: int | None):
@@ -212,6 +280,19 @@ def _become_subreaper() -> bool:
             if not _subreaper:
                 log.info("cannot become a child subreaper; eval leftovers are found by scanning /proc")
     return _subreaper
+
+
+def make_undumpable() -> bool:
+    """Make this process non-dumpable (Linux): processes of the same user, an eval's among them,
+    can then neither read /proc/<pid>/environ, mem or fds nor ptrace us. Children get the
+    default again at exec. Returns whether it worked."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
 
 
 def _read(path: str) -> bytes:
@@ -335,12 +416,17 @@ class EvalProcess:
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
-        self.log = CappedLog(spec.log_path, spec.max_log_bytes)
+        self.log = CappedLog(spec.log_path, spec.max_log_bytes, spec.log_fd)
         self._done = threading.Event()
         self._outcome: RunOutcome | None = None
         self._started = time.monotonic()
         env = dict(spec.env)
         env[MARKER_VAR] = spec.run_id
+        self.channel = Channel() if spec.metric_channel else None
+        pass_fds: tuple[int, ...] = ()
+        if self.channel is not None:
+            env[METRIC_FD_VAR] = str(self.channel.write_fd)
+            pass_fds = (self.channel.write_fd,)
         # No sweep may see the new eval before it is spared as a running one.
         try:
             with _sweep_lock:
@@ -356,9 +442,12 @@ class EvalProcess:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     preexec_fn=_limits(spec.cpu_seconds, spec.memory_mb),
+                    pass_fds=pass_fds,
                 )
                 _live_evals.add(self.proc.pid)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as e:
+            if self.channel is not None:
+                self.channel.finish(0)
             self.log.write(f"autoexp: cannot start {spec.argv[0]!r}: {e}\n".encode())
             self.log.close()
             reason = "command not found" if isinstance(e, FileNotFoundError) else str(e)
@@ -366,6 +455,8 @@ class EvalProcess:
                 f"cannot start the eval command {spec.argv[0]!r}: {reason}. Check [experiment].eval "
                 "in autoexp.toml and that the program is on PATH."
             ) from None
+        if self.channel is not None:
+            self.channel.close_write()  # the eval holds it now: EOF comes when the eval's copies close
         # Set when we are a child subreaper: the eval's start, in clock ticks since boot.
         self._since: int | None = floor
         if floor is not None:
@@ -439,6 +530,9 @@ class EvalProcess:
             self._reader.join(READER_JOIN_S)
         with self._pipe_lock, contextlib.suppress(OSError):
             self.proc.stdout.close()  # type: ignore[union-attr]
+        # Every process of the run is gone by now, so the channel's EOF is immediate.
+        channel = self.channel.finish(READER_JOIN_S) if self.channel is not None else b""
+        output = self.log.received()
         self.log.close()
         self._outcome = RunOutcome(
             status=status,
@@ -447,6 +541,8 @@ class EvalProcess:
             log_path=self.spec.log_path,
             truncated=self.log.truncated,
             output_bytes=self.log.total,
+            output=output,
+            channel=channel,
         )
         self._done.set()
 

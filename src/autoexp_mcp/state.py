@@ -66,6 +66,7 @@ class EvalResult(_Model):
     log: str | None = None
     log_truncated: bool = False
     returncode: int | None = None
+    tail: str = ""  # the output tail the server received (never the hold-out's)
     holdout: float | None = None
     holdout_failed: bool = False
     drift_values: dict[str, list[float]] | None = None
@@ -117,6 +118,7 @@ class State(_Model):
     pending: Pending | None = None
     baseline_failed: str | None = None  # why the baseline could not be measured, and what to do
     config_note: str | None = None  # a config change adopted between runs, for the next ledger row
+    git_code_config: str | None = None  # watch.code_config_digest when the last server ran
 
 
 def state_path(root: Path) -> Path:

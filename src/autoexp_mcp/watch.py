@@ -408,6 +408,23 @@ def _walk(top: Path) -> Iterator[Path]:
             yield path
 
 
+# What git reads that can make it run code (filters, textconv, include of another file) in the
+# commands a restarting server runs before it watches anything: compared with the digest the
+# last server recorded in its authenticated state.
+_CODE_FILES = ("config", "config.worktree", "info/attributes")
+
+
+def code_config_digest(git: Git) -> str:
+    """A digest of the .git files that could make git run code (see _CODE_FILES)."""
+    h = hashlib.sha256()
+    for base in dict.fromkeys((git.common_dir, git.git_dir)):
+        for name in _CODE_FILES:
+            value = _read_entry(base / name)
+            h.update(name.encode() + b"\0")
+            h.update(value.encode() if isinstance(value, str) else b"\1" + value if value is not None else b"\2")
+    return h.hexdigest()
+
+
 def _read_entry(path: Path) -> _Control:
     try:
         st = os.lstat(path)

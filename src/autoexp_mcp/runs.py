@@ -1,0 +1,254 @@
+"""One eval run as the server starts it: where it runs (the sandbox), what it sees (its
+environment, the paths hidden from it), and what the server reads back afterwards (the output
+bytes it received, the metric channel, metric files read once).
+
+The target's own code runs inside the eval, so nothing the eval could have written is trusted:
+under bubblewrap the repository is read-only and `.git`, `.autoexp/`, the ledger, the hold-out
+files and the server's key are invisible; without it, metric files are read once, right after
+the run, without following symlinks, and only if this run wrote them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import fsafe, metrics
+from .config import DEFAULT_ENV_ALLOWLIST, Config, MetricConfig, SandboxConfig
+from .errors import EvalError
+from .runner import EvalProcess, RunOutcome, RunSpec, build_env
+
+SANDBOX_PYCACHE = "/tmp/autoexp-pycache"  # inside the sandbox's private /tmp: empty for every run
+LEDGER_FILES = ("results.tsv", "experiments.jsonl")
+STATE_DIR = ".autoexp"
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Whether evals run sandboxed, and the words that say so to the user and the agent."""
+
+    active: bool
+    note: str
+
+    @property
+    def label(self) -> str:
+        return "bwrap" if self.active else "none"
+
+
+def isolation(cfg: SandboxConfig) -> Isolation:
+    """The isolation `cfg` asks for and this machine gives. Raises SandboxError when
+    `mode = "bwrap"` and bubblewrap cannot run here."""
+    from . import sandbox  # only where a sandbox is wanted
+
+    if cfg.mode == "none":
+        return Isolation(False, 'no sandbox ([sandbox] mode = "none"): the eval can reach all the server can')
+    avail = sandbox.available()
+    if avail.ok:
+        return Isolation(True, f"sandboxed with {avail.detail}")
+    if cfg.mode == "bwrap":
+        raise sandbox.SandboxError(
+            f'[sandbox] mode = "bwrap" but bubblewrap cannot run here: {avail.detail}. '
+            'Fix that, or set mode = "auto" to run without a sandbox.'
+        )
+    return Isolation(False, f"no sandbox: {avail.detail}")
+
+
+def eval_env(cfg: Config, *, run: int, repeat: int, experiment: int, commit: str, pycache: str) -> dict[str, str]:
+    """The eval's environment, the same for the server's runs and `autoexp-mcp check`:
+    allowlisted variables, the run's identity, and Python bytecode kept out of the repository
+    (none written; none read from `__pycache__`, which the eval could have planted)."""
+    extra = {
+        "AUTOEXP_RUN": str(run),
+        "AUTOEXP_REPEAT": str(repeat),
+        "AUTOEXP_REPEATS": str(cfg.policy.repeats),
+        "AUTOEXP_EXPERIMENT": str(experiment),
+        "AUTOEXP_COMMIT": commit,
+        "AUTOEXP_TAG": cfg.experiment.tag,
+        "AUTOEXP_TARGET": cfg.experiment.target,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPYCACHEPREFIX": pycache,
+    }
+    return build_env([*DEFAULT_ENV_ALLOWLIST, *cfg.experiment.env], extra)
+
+
+def _key_dir() -> Path | None:
+    try:
+        from . import auth
+    except ImportError:
+        return None
+    getter = getattr(auth, "key_dir", None)
+    return Path(getter()) if getter is not None else None
+
+
+def holdout_paths(root: Path, cfg: Config) -> list[Path]:
+    """The hold-out's script and data: `[holdout].files` and every word of its command that
+    names something in the repository."""
+    hold = cfg.holdout
+    if hold is None:
+        return []
+    found: list[Path] = []
+    for g in hold.files:
+        found += (Path(p) for p in glob.glob(str(root / g), recursive=True))
+    for word in hold.argv[1:]:
+        p = (root / word) if not os.path.isabs(word) else Path(word)
+        with contextlib.suppress(OSError, ValueError):
+            if p.exists() and p.resolve().is_relative_to(root):
+                found.append(p)
+    return found
+
+
+@dataclass
+class RunPlan:
+    """One run: built before it starts, read back after it ends. `close()` removes its
+    scratch directory."""
+
+    root: Path
+    cfg: Config
+    iso: Isolation
+    argv: Sequence[str]
+    log_rel: str  # under root, e.g. .autoexp/runs/3.log
+    env: Mapping[str, str]
+    timeout: float
+    run_id: str
+    metric_cfgs: Sequence[MetricConfig]
+    git_dirs: Sequence[Path] = ()
+    holdout: bool = False  # the hold-out run: its own files stay visible
+    log_root: Path | None = None  # where log_rel lives (default: root)
+    _scratch: Path | None = None
+    _binds: dict[str, Path] = field(default_factory=dict)  # metric file -> server-owned copy bound at it
+    _before: dict[str, tuple[int, int, int] | None] = field(default_factory=dict)
+
+    def _hidden(self) -> list[Path]:
+        hidden = [*self.git_dirs, self.root / STATE_DIR, *(self.root / f for f in LEDGER_FILES)]
+        hidden += (self.root / h for h in self.cfg.sandbox.hide)
+        if not self.holdout:
+            hidden += holdout_paths(self.root, self.cfg)
+        key_dir = _key_dir()
+        if key_dir is not None:
+            hidden.append(key_dir)
+        return hidden
+
+    def _metric_files(self) -> list[str]:
+        return [m.file for m in self.metric_cfgs if m.file]
+
+    def start(self) -> EvalProcess:
+        self._scratch = Path(tempfile.mkdtemp(prefix="autoexp-run-"))
+        env = dict(self.env)
+        argv: Sequence[str] = self.argv
+        _check_command(self.argv, self.root, env.get("PATH"))
+        if self.iso.active:
+            from . import sandbox
+
+            writable = tuple(self.root / w for w in self.cfg.sandbox.writable)
+            files: list[tuple[Path, Path]] = []
+            for rel in self._metric_files():
+                if any((self.root / rel).is_relative_to(w) for w in writable):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.root / rel)  # whatever is there after the run, this run wrote
+                    continue
+                copy = self._scratch / f"metric-{len(files)}"
+                copy.touch(mode=0o600)
+                dest = self.root / rel
+                if not dest.exists():
+                    os.close(fsafe.create_beneath(self.root, rel))  # the mount point
+                self._binds[rel] = copy
+                files.append((copy, dest))
+            plan = sandbox.Plan(
+                root=self.root,
+                writable=writable,
+                hidden=tuple(self._hidden()),
+                files=tuple(files),
+                network=self.cfg.sandbox.network,
+                devices=self.cfg.sandbox.devices,
+            )
+            sandbox.prepare(plan)
+            argv = sandbox.wrap(plan, list(self.argv))
+        else:
+            pycache = self._scratch / "pycache"
+            pycache.mkdir()
+            env["PYTHONPYCACHEPREFIX"] = str(pycache)
+            self._before = {rel: _stat_sig(self.root / rel) for rel in self._metric_files()}
+        log_root = self.log_root or self.root
+        log_fd = fsafe.create_beneath(log_root, self.log_rel)
+        spec = RunSpec(
+            argv=argv,
+            cwd=self.root,
+            env=env,
+            timeout_s=self.timeout,
+            log_path=log_root / self.log_rel,
+            max_log_bytes=self.cfg.experiment.max_log_bytes,
+            run_id=self.run_id,
+            cpu_seconds=self.cfg.experiment.cpu_seconds,
+            memory_mb=self.cfg.experiment.memory_mb,
+            log_fd=log_fd,
+            metric_channel=any(m.channel == "fd" for m in self.metric_cfgs),
+        )
+        return EvalProcess(spec)
+
+    def metric_files(self) -> dict[str, str | metrics.MetricFileError | None]:
+        """Each metric file's text, read once now (right after the run, without following
+        symlinks); None when this run did not write it."""
+        out: dict[str, str | metrics.MetricFileError | None] = {}
+        for rel in self._metric_files():
+            if rel in self._binds:
+                copy = self._binds[rel]
+                text = metrics.read_files(copy.parent, [copy.name])[copy.name]
+                out[rel] = text if text != "" else None  # still empty: this run did not write it
+            elif self.iso.active or _stat_sig(self.root / rel) not in (None, self._before.get(rel)):
+                out.update(metrics.read_files(self.root, [rel]))
+            else:
+                out[rel] = None
+        return out
+
+    def extract(self, outcome: RunOutcome) -> metrics.Extraction:
+        return metrics.extract(
+            self.metric_cfgs,
+            outcome.output.decode("utf-8", errors="replace"),
+            files=self.metric_files(),
+            channel=outcome.channel.decode("utf-8", errors="replace"),
+        )
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+
+def _check_command(argv: Sequence[str], cwd: Path, path: str | None) -> None:
+    """Say "command not found" as a plain run would, before a sandbox turns it into its own error."""
+    exe = argv[0]
+    found = (cwd / exe).is_file() if "/" in exe else shutil.which(exe, path=path) is not None
+    if not found:
+        raise EvalError(
+            f"cannot start the eval command {exe!r}: command not found. Check [experiment].eval "
+            "in autoexp.toml and that the program is on PATH."
+        )
+
+
+def describe_exit(rc: int | None, sandboxed: bool) -> str:
+    """How the eval ended, in words: a signal by its name (bwrap reports a command killed by
+    signal N as exit code 128 + N)."""
+    sig = -rc if rc is not None and rc < 0 else rc - 128 if sandboxed and rc is not None and 128 < rc < 160 else None
+    if sig is None:
+        return f"exited with code {rc}"
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = f"signal {sig}"
+    return f"was killed by {name} (exit code {rc})"
+
+
+def _stat_sig(path: Path) -> tuple[int, int, int] | None:
+    """Identity of a file's current content: changes whenever it is written (ctime cannot be set)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_ctime_ns, st.st_size)
