@@ -22,6 +22,7 @@ from autoexp_mcp.config import Config, parse_config
 from autoexp_mcp.errors import AutoexpError
 from autoexp_mcp.ledger import Ledger, Record
 from autoexp_mcp.report import placement
+from autoexp_mcp.report.panels import LANES
 from autoexp_mcp.report.summary import objective, stage_view
 
 SUBPROCESS_TIMEOUT_S = 60
@@ -683,8 +684,9 @@ def test_crashes_and_timeouts_sit_on_their_own_strip_at_their_experiment(figures
     assert [x for x, _ in markers["crash"]] == [r.experiment for r in recs if r.status == "crash"]
     assert [x for x, _ in markers["timeout"]] == [r.experiment for r in recs if r.status == "timeout"]
     # A lane per kind, in the strip's own units: no height on the metric's scale.
-    assert {y for _, y in markers["crash"]} == {0.68} and {y for _, y in markers["timeout"]} == {0.32}
-    assert [t.get_text() for t in strip.get_yticklabels()] == ["crash", "timeout"]
+    assert {y for _, y in markers["crash"]} == {LANES["crash"]}
+    assert {y for _, y in markers["timeout"]} == {LANES["timeout"]}
+    assert [t.get_text() for t in strip.get_yticklabels()] == ["crash", "timeout", "interrupted"]
     assert not {"crash", "timeout"} & set(_markers(main))
     assert strip.get_shared_x_axes().joined(strip, main)
     renderer = _renderer(fig)

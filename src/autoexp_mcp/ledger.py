@@ -33,7 +33,9 @@ _TAIL_BYTES = 256 * 1024
 
 
 KEPT_STATUSES = ("keep", "explore")  # the statuses whose commit becomes the incumbent
-UNMEASURED_STATUSES = ("crash", "timeout")  # their TSV rows leave the metric fields empty
+# Runs with no measurement: their TSV rows leave the metric fields empty, and they count toward
+# the crashes-in-a-row limit (`interrupted`: cut short by a server that stopped).
+UNMEASURED_STATUSES = ("crash", "timeout", "interrupted")
 
 
 class Record(BaseModel):

@@ -67,7 +67,6 @@ TAIL_BYTES = 1500  # output tail returned to the agent: enough to see an error, 
 MAX_DESCRIPTION = 500
 MAX_NOTES = 2000
 ARCHIVE_DIR = "archive"
-FAILED_STATUSES = ("crash", "timeout", "interrupted")  # count toward the crashes-in-a-row limit
 MAX_COST_USD = 1e6  # per log_result call: anything larger is a mistake, and sums must stay finite
 MAX_TOKENS = 10**12
 
@@ -902,7 +901,7 @@ class Experiment:
         st.experiments = p.experiment
         st.cost_usd += cost
         st.tokens_used += tokens
-        crashed = p.decision.status in FAILED_STATUSES
+        crashed = p.decision.status in ledger.UNMEASURED_STATUSES
         st.consecutive_crashes = st.consecutive_crashes + 1 if crashed else 0
         if p.baseline and st.incumbent is None and p.decision.status in ("crash", "timeout"):
             st.baseline_failed = self._baseline_failed(p.decision.reason)

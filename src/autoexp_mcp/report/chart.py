@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 from ..config import Config
 from ..errors import AutoexpError
 from ..guard import atomic_write_file
-from ..ledger import Record
+from ..ledger import UNMEASURED_STATUSES, Record
 from . import labels, panels
 from .fmt import counts_line, plural
-from .summary import TWO_METRIC_MODES, UNMEASURED_STATUSES, Summary, Track, summarize
+from .summary import TWO_METRIC_MODES, Summary, Track, summarize
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -21,7 +21,7 @@ from .fmt import (
     signed,
     when,
 )
-from .summary import STATUSES, TIME_SPLIT_RATIO, Bucket, Track, finite, summarize
+from .summary import TIME_SPLIT_RATIO, Bucket, Track, finite, summarize
 
 MAX_ROWS = 20  # longest list in the Markdown before "… N more"
 
@@ -171,9 +171,9 @@ def render_markdown(
     elif chart_note:
         out += [f"> No chart: {chart_note}", ""]
     out += [
-        "| keep | discard | crash | timeout | explore | total |",
-        "|---:|---:|---:|---:|---:|---:|",
-        "| " + " | ".join(str(s.counts.get(k, 0)) for k in STATUSES) + f" | {s.experiments} |",
+        "| " + " | ".join(s.counts) + " | total |",
+        "|" + "---:|" * (len(s.counts) + 1),
+        "| " + " | ".join(str(n) for n in s.counts.values()) + f" | {s.experiments} |",
         "",
         f"Wall time {fmt_duration(s.wall_time_s)} in total "
         f"({fmt_duration(s.wall_time_s / s.experiments)} per experiment on average); "

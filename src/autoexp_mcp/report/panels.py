@@ -30,8 +30,16 @@ STYLE: dict[str, dict[str, Any]] = {
     "baseline": {"s": 140, "marker": "*", "color": "#1565c0", "edgecolors": "white", "linewidths": 0.5, "zorder": 5},
     "crash": {"s": 40, "marker": "x", "color": "#c62828", "linewidths": 1.6, "zorder": 3},
     "timeout": {"s": 40, "marker": "v", "color": "#ef6c00", "zorder": 3},
+    "interrupted": {
+        "s": 36,
+        "marker": "s",
+        "facecolors": "none",
+        "edgecolors": "#6d4c41",
+        "linewidths": 1.2,
+        "zorder": 3,
+    },
 }
-LANES = {"crash": 0.68, "timeout": 0.32}  # heights on the crash strip (axes fraction)
+LANES = {"crash": 0.78, "timeout": 0.5, "interrupted": 0.22}  # heights on the crash strip (axes fraction)
 _ARROW = {"max": "↑", "min": "↓"}
 
 Legend = tuple[list[Any], list[str]]
@@ -122,7 +130,7 @@ def _step_vertices(run: Sequence[tuple[float, float]]) -> tuple[tuple[float, flo
 
 
 def draw_strip(ax: Axes, t: Track, scale: float) -> Legend:
-    """Crashes and timeouts at their experiment's x, each kind on a lane of its own."""
+    """Crashes, timeouts and interrupted runs at their experiment's x, each kind on a lane of its own."""
     handles, labels = [], []
     for kind, y in LANES.items():
         xs = [s.record.experiment for s in t.steps if s.record.status == kind]

@@ -16,8 +16,7 @@ from ..config import Config, Direction, MetricConfig
 from ..ledger import KEPT_STATUSES, Record
 from .fmt import fmt_duration
 
-STATUSES = ("keep", "discard", "crash", "timeout", "explore")
-UNMEASURED_STATUSES = ("crash", "timeout")  # no metric: drawn on the chart's own strip
+STATUSES = ("keep", "discard", "crash", "timeout", "explore")  # always counted; others (interrupted) when seen
 TWO_METRIC_MODES = ("pareto", "primary_secondary", "lexicographic", "weighted")
 # Diff-size buckets (inclusive upper bounds, lines): one-liners, small edits, rewrites.
 DIFF_BUCKETS = ((2, "≤ 2 lines"), (10, "3–10 lines"), (None, "> 10 lines"))
