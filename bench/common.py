@@ -73,6 +73,7 @@ def pin_environment() -> Path:
     os.environ.update(GIT_ENV)
     os.environ["HOME"] = str(home)
     os.environ["GIT_CONFIG_GLOBAL"] = str(home / ".gitconfig")
+    os.environ["AUTOEXP_KEY_FILE"] = str(home / "autoexp-key")  # never the user's own key
     os.environ["PY"] = PY
     return home
 

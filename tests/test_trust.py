@@ -592,3 +592,28 @@ def test_a_filter_planted_in_git_config_while_no_server_ran_is_refused_before_gi
     (repo / ".git" / "info" / "attributes").unlink()
     Experiment(repo, accept_git_config=True).close()
     Experiment(repo).close()  # accepted once, recorded: the next start is quiet
+
+
+@pytest.mark.parametrize("path", [".", ".git", ".autoexp/runs"])
+def test_the_sandbox_refuses_writable_paths_that_would_open_what_it_hides(path: str) -> None:
+    from autoexp_mcp.config import SandboxConfig
+
+    with pytest.raises(ValueError, match="must be a directory inside the repository"):
+        SandboxConfig(writable=(path,))
+
+
+def test_a_writable_directory_holds_the_metric_file_and_what_the_eval_writes(make_repo: MakeRepo) -> None:
+    evaluate = "import os\nos.makedirs('out', exist_ok=True)\nopen('out/tmp.json', 'w').write('{\"score\": 4}')\n"
+    evaluate += "os.replace('out/tmp.json', 'out/m.json')\nprint('done')\n"  # written by rename: fine in a dir
+    extra = '\n[sandbox]\nwritable = ["out"]\n'
+    cfg = harness_config(extra=extra).replace(
+        'direction = "max"', 'direction = "max"\nfile = "out/m.json"\njson_key = "score"'
+    )
+    repo = make_repo(config=cfg, files={"evaluate.py": evaluate, ".gitignore": "out/\n"})
+    exp = Experiment(repo)
+    try:
+        view = exp.run_eval(WAIT_S)
+    finally:
+        exp.close()
+    assert view.status == "done", view.reason
+    assert view.metrics == {"score": 4.0}

@@ -239,7 +239,14 @@ class SandboxConfig(_Frozen):
     @field_validator("writable", "hide")
     @classmethod
     def _paths(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_check_relpath(g, "sandbox path") for g in v)
+        paths = tuple(_check_relpath(g, "sandbox path") for g in v)
+        for p in paths:
+            if p == "." or p.split("/")[0] in (".git", ".autoexp"):
+                raise ValueError(
+                    f"sandbox path {p!r} must be a directory inside the repository, not the repository itself, "
+                    ".git or .autoexp (e.g. writable = [\"out\"])"
+                )
+        return paths
 
     @field_validator("devices")
     @classmethod
