@@ -240,3 +240,53 @@ def test_status_and_prompt_in_a_later_stage_speak_of_that_stage(tmp_path: Path) 
     prompt = cli("prompt")
     assert "stage2.txt" in prompt and "Pipeline stage**: 2 of 2 (train)" in prompt
     assert "loss" in prompt
+
+
+ENV_CHECK = textwrap.dedent(
+    """\
+    import os
+    for name in ("AUTOEXP_TAG", "AUTOEXP_TARGET", "AUTOEXP_EXPERIMENT", "AUTOEXP_COMMIT", "AUTOEXP_RUN"):
+        assert os.environ.get(name), name
+    assert os.environ["AUTOEXP_TAG"] == "t" and os.environ["AUTOEXP_TARGET"] == "value.txt"
+    assert len(os.environ["AUTOEXP_COMMIT"]) == 40
+    print("score: 1")
+    """
+)
+
+
+def test_check_runs_the_eval_with_the_environment_the_server_gives_it(make_repo: MakeRepo) -> None:
+    from conftest import installed_command, server_env
+
+    repo = make_repo(files={"evaluate.py": ENV_CHECK})
+    out = subprocess.run(
+        [installed_command(), "check", "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        env=server_env(),
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    exp = Experiment(repo)
+    try:
+        assert exp.run_eval(30).status == "done"
+    finally:
+        exp.close()
+
+
+def test_check_says_what_serve_would_refuse(make_repo: MakeRepo) -> None:
+    from conftest import installed_command, server_env
+
+    repo = make_repo()
+    (repo / "evaluate.py").write_text((repo / "evaluate.py").read_text() + "\n# an uncommitted edit\n")
+    out = subprocess.run(
+        [installed_command(), "check", "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        env=server_env(),
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "FAIL:    the working tree has uncommitted changes to tracked files: evaluate.py" in out.stdout
+    assert "serve` will refuse to start" in out.stdout
+    with pytest.raises(Exception, match="uncommitted changes to tracked files: evaluate.py"):
+        Experiment(repo)

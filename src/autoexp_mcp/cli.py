@@ -167,6 +167,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 # --- check -------------------------------------------------------------------------------
 
 
+def _head_or(repo: Path, default: str) -> str:
+    from .errors import GitError
+    from .gitops import Git
+
+    try:
+        return Git(repo).head()
+    except GitError:
+        return default
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from . import guard, runs
     from .config import CONFIG_FILE, load_config
@@ -202,7 +212,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             argv=exp.argv,
             log_rel="check.log",
             log_root=Path(tmp),
-            env=runs.eval_env(cfg, run=0, repeat=0, experiment=0, commit="check", pycache=runs.SANDBOX_PYCACHE),
+            env=runs.eval_env(
+                cfg, run=0, repeat=0, experiment=0, commit=_head_or(repo, ""), pycache=runs.SANDBOX_PYCACHE
+            ),
             timeout=exp.timeout,
             run_id=f"check-{uuid.uuid4().hex[:8]}",
             metric_cfgs=cfg.metric,
