@@ -390,7 +390,19 @@ def parse_config_text(text: str, source: str = CONFIG_FILE) -> Config:
 
 # What may change between two runs of one experiment: caps and waits, never what is measured
 # or how it is judged (their results would not compare with the rows already logged).
-ADOPTABLE = ("budget", "experiment.timeout", "experiment.wait_seconds", "stage.budget")
+ADOPTABLE = (
+    "budget",
+    "stage.budget",
+    "experiment.timeout",
+    "experiment.wait_seconds",
+    "experiment.cpu_seconds",
+    "experiment.memory_mb",
+    "experiment.max_log_bytes",
+    "experiment.max_target_bytes",
+    "experiment.domain",
+    "experiment.prompt_template",
+    "sandbox",
+)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -321,9 +321,9 @@ class Experiment:
         if changed != {CONFIG_FILE}:
             raise GuardError(
                 f"{branch} is at {head[:12]}, past the incumbent {expected[:12]}, with commits that change "
-                f"{', '.join(sorted(changed)[:10])}. The server adopts only a change of {CONFIG_FILE}'s budget, "
-                "timeout or wait_seconds between runs; it never resets your commits silently. Keep them in a new "
-                "experiment "
+                f"{', '.join(sorted(changed)[:10])}. Between runs the server adopts only changes of {CONFIG_FILE} "
+                "that keep results comparable (budget, timeouts, limits); it never resets your commits silently. "
+                "Keep them in a new experiment "
                 f"(a new [experiment].tag, then `autoexp-mcp serve --from {head[:12]}`), or move the branch back with "
                 f"`git reset --hard {expected[:12]}`."
             )
@@ -336,9 +336,9 @@ class Experiment:
             raise GuardError(
                 f"the {CONFIG_FILE} committed at {head[:12]} changes {', '.join(refused)}, which would make its "
                 "results incomparable with the experiments already run. Between runs the server adopts only budget "
-                "caps, timeout and wait_seconds. Start a new experiment from the best commit instead: put a new "
-                f"[experiment].tag in {CONFIG_FILE}, then `autoexp-mcp serve --from {best[:12]}`; or move the branch "
-                f"back with `git reset --hard {expected[:12]}`."
+                "caps, timeouts, limits, the prompt and the sandbox. Start a new experiment from the best commit "
+                f"instead: put a new [experiment].tag in {CONFIG_FILE}, then `autoexp-mcp serve --from {best[:12]}`; "
+                f"or move the branch back with `git reset --hard {expected[:12]}`."
             )
         st.incumbent.commit = head  # the same target, with the new config: reverts keep the change
         st.harness = self._harness_hash(head)
