@@ -185,6 +185,24 @@ def baseline(exp: Experiment) -> None:
     exp.log_result()
 
 
+def baseline_and_close(repo: Path) -> None:
+    """A server that measures the baseline and goes away."""
+    exp = Experiment(repo)
+    try:
+        baseline(exp)
+    finally:
+        exp.close()
+
+
+def first_eval(repo: Path) -> Any:
+    """The first run_eval of a server opened and closed around it (the baseline's eval)."""
+    exp = Experiment(repo)
+    try:
+        return exp.run_eval(30)
+    finally:
+        exp.close()
+
+
 def play(exp: Experiment, value: str, description: str | None = None) -> tuple[str, str]:
     """One whole experiment with `value` as the new target; returns (eval status, decision)."""
     exp.write_target(content=value + "\n")

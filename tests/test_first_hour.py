@@ -14,7 +14,17 @@ import pytest
 
 from autoexp_mcp.errors import GuardError
 from autoexp_mcp.loop import Experiment
-from conftest import MakeRepo, baseline, git, harness_config, play
+from conftest import MakeRepo, baseline, baseline_and_close, first_eval, git, harness_config, play
+
+
+def cli(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """The installed command on `repo`, as a user runs it."""
+    from conftest import installed_command, server_env
+
+    argv = [installed_command(), *args, "--repo", str(repo)]
+    out = subprocess.run(argv, capture_output=True, text=True, env=server_env(), timeout=60)
+    assert not ok or out.returncode == 0, out.stdout + out.stderr
+    return out
 
 
 def jsonl(repo: Path) -> list[dict]:
@@ -159,11 +169,7 @@ def test_a_budget_change_committed_between_runs_is_adopted_said_and_logged(make_
 
 def test_a_config_change_that_makes_results_incomparable_is_refused_with_the_way_out(make_repo: MakeRepo) -> None:
     repo = make_repo()
-    exp = Experiment(repo)
-    try:
-        baseline(exp)
-    finally:
-        exp.close()
+    baseline_and_close(repo)
     (repo / "autoexp.toml").write_text(
         (repo / "autoexp.toml").read_text().replace('direction = "max"', 'direction = "min"')
     )
@@ -210,7 +216,7 @@ PIPELINE_HARNESS = (
 
 
 def test_status_and_prompt_in_a_later_stage_speak_of_that_stage(tmp_path: Path) -> None:
-    from conftest import init_repo, installed_command, server_env
+    from conftest import init_repo
 
     files = {"stage1.txt": "1\n", "stage2.txt": "0.5\n", "evaluate.py": PIPELINE_HARNESS}
     repo = init_repo(tmp_path / "repo", {**files, "autoexp.toml": PIPELINE.format(python=sys.executable)})
@@ -223,21 +229,10 @@ def test_status_and_prompt_in_a_later_stage_speak_of_that_stage(tmp_path: Path) 
     finally:
         exp.close()
 
-    def cli(*args: str) -> str:
-        out = subprocess.run(
-            [installed_command(), *args, "--repo", str(repo)],
-            capture_output=True,
-            text=True,
-            env=server_env(),
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
-
-    status = json.loads(cli("status", "--json"))
+    status = json.loads(cli(repo, "status", "--json").stdout)
     assert status["budget"]["stop"] is False
     assert status["budget"]["experiments_used"] == 1 and status["budget"]["experiments_left"] == 2
-    prompt = cli("prompt")
+    prompt = cli(repo, "prompt").stdout
     assert "stage2.txt" in prompt and "Pipeline stage**: 2 of 2 (train)" in prompt
     assert "loss" in prompt
 
@@ -255,36 +250,15 @@ ENV_CHECK = textwrap.dedent(
 
 
 def test_check_runs_the_eval_with_the_environment_the_server_gives_it(make_repo: MakeRepo) -> None:
-    from conftest import installed_command, server_env
-
     repo = make_repo(files={"evaluate.py": ENV_CHECK})
-    out = subprocess.run(
-        [installed_command(), "check", "--repo", str(repo)],
-        capture_output=True,
-        text=True,
-        env=server_env(),
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    exp = Experiment(repo)
-    try:
-        assert exp.run_eval(30).status == "done"
-    finally:
-        exp.close()
+    cli(repo, "check")
+    assert first_eval(repo).status == "done"
 
 
 def test_check_says_what_serve_would_refuse(make_repo: MakeRepo) -> None:
-    from conftest import installed_command, server_env
-
     repo = make_repo()
     (repo / "evaluate.py").write_text((repo / "evaluate.py").read_text() + "\n# an uncommitted edit\n")
-    out = subprocess.run(
-        [installed_command(), "check", "--repo", str(repo)],
-        capture_output=True,
-        text=True,
-        env=server_env(),
-        timeout=60,
-    )
+    out = cli(repo, "check", ok=False)
     assert out.returncode == 1
     assert "FAIL:    the working tree has uncommitted changes to tracked files: evaluate.py" in out.stdout
     assert "serve` will refuse to start" in out.stdout

@@ -18,7 +18,7 @@ import pytest
 from autoexp_mcp import sandbox
 from autoexp_mcp.errors import DirtyTreeError, GuardError
 from autoexp_mcp.loop import Experiment
-from conftest import MakeRepo, baseline, git, harness_config, play, server_env
+from conftest import MakeRepo, baseline, baseline_and_close, first_eval, git, harness_config, play, server_env
 
 BWRAP = sandbox.available()
 needs_bwrap = pytest.mark.skipif(not BWRAP.ok, reason=f"no sandbox here: {BWRAP.detail}")
@@ -120,11 +120,7 @@ METRIC_FILE = textwrap.dedent(
 def test_a_metric_file_is_read_from_this_run(make_repo: MakeRepo, mode: str) -> None:
     cfg = sandboxed(mode).replace('direction = "max"', 'direction = "max"\nfile = "metrics.json"\njson_key = "score"')
     repo = make_repo("3", config=cfg, files={"evaluate.py": METRIC_FILE, ".gitignore": "metrics.json\n"})
-    exp = Experiment(repo)
-    try:
-        view = exp.run_eval(WAIT_S)
-    finally:
-        exp.close()
+    view = first_eval(repo)
     assert view.status == "done", view.reason
     assert view.metrics == {"score": 3.0}
 
@@ -135,11 +131,7 @@ def test_a_metric_file_that_is_a_symlink_is_not_followed(make_repo: MakeRepo, tm
     evaluate = f"import os\nos.symlink({str(secret)!r}, 'metrics.json')\nprint('planted')\n"
     cfg = sandboxed("none").replace('direction = "max"', 'direction = "max"\nfile = "metrics.json"\njson_key = "score"')
     repo = make_repo("3", config=cfg, files={"evaluate.py": evaluate, ".gitignore": "metrics.json\n"})
-    exp = Experiment(repo)
-    try:
-        view = exp.run_eval(WAIT_S)
-    finally:
-        exp.close()
+    view = first_eval(repo)
     assert view.status == "crash" and "did not write metrics.json" in view.reason
 
 
@@ -191,11 +183,7 @@ def test_the_metric_channel_ignores_what_the_target_prints(make_repo: MakeRepo, 
 def test_a_channel_metric_that_never_arrives_is_a_crash_that_says_so(make_repo: MakeRepo) -> None:
     cfg = sandboxed("none").replace('direction = "max"', 'direction = "max"\nchannel = "fd"')
     repo = make_repo("1", config=cfg)  # the plain harness prints to stdout only
-    exp = Experiment(repo)
-    try:
-        view = exp.run_eval(WAIT_S)
-    finally:
-        exp.close()
+    view = first_eval(repo)
     assert view.status == "crash" and "AUTOEXP_METRIC_FD" in view.reason
 
 
@@ -342,11 +330,7 @@ def test_a_sandboxed_eval_sees_no_server_no_secret_no_ledger_and_cannot_write(ma
 
 def test_start_refuses_a_config_rewritten_before_a_restart(make_repo: MakeRepo) -> None:
     repo = make_repo()
-    exp = Experiment(repo)
-    try:
-        baseline(exp)
-    finally:
-        exp.close()
+    baseline_and_close(repo)
     cfg = (repo / "autoexp.toml").read_text().replace("max_experiments = 50", "max_experiments = 1000")
     (repo / "autoexp.toml").write_text(cfg)  # what an eval wrote just before it killed the server
     with pytest.raises(DirtyTreeError, match="autoexp.toml in the working tree differs"):
@@ -575,11 +559,7 @@ def test_a_filter_planted_in_git_config_while_no_server_ran_is_refused_before_gi
 ) -> None:
     marker = tmp_path / "filter-ran"
     repo = make_repo()
-    exp = Experiment(repo)
-    try:
-        baseline(exp)
-    finally:
-        exp.close()
+    baseline_and_close(repo)
     # What an eval without a sandbox could leave before it kills the server.
     git(repo, "config", "filter.x.clean", f"sh -c 'touch {marker}; cat'")
     (repo / ".git" / "info" / "attributes").write_text("* filter=x\n")
@@ -610,10 +590,6 @@ def test_a_writable_directory_holds_the_metric_file_and_what_the_eval_writes(mak
         'direction = "max"', 'direction = "max"\nfile = "out/m.json"\njson_key = "score"'
     )
     repo = make_repo(config=cfg, files={"evaluate.py": evaluate, ".gitignore": "out/\n"})
-    exp = Experiment(repo)
-    try:
-        view = exp.run_eval(WAIT_S)
-    finally:
-        exp.close()
+    view = first_eval(repo)
     assert view.status == "done", view.reason
     assert view.metrics == {"score": 4.0}

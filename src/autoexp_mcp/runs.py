@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import fsafe, metrics
+from . import auth, fsafe, metrics
 from .config import DEFAULT_ENV_ALLOWLIST, Config, MetricConfig, SandboxConfig
 from .errors import EvalError
 from .runner import EvalProcess, RunOutcome, RunSpec, build_env
@@ -78,15 +78,6 @@ def eval_env(cfg: Config, *, run: int, repeat: int, experiment: int, commit: str
     return build_env([*DEFAULT_ENV_ALLOWLIST, *cfg.experiment.env], extra)
 
 
-def _key_dir() -> Path | None:
-    try:
-        from . import auth
-    except ImportError:
-        return None
-    getter = getattr(auth, "key_dir", None)
-    return Path(getter()) if getter is not None else None
-
-
 def holdout_paths(root: Path, cfg: Config) -> list[Path]:
     """The hold-out's script and data: `[holdout].files` and every word of its command that
     names something in the repository."""
@@ -130,9 +121,7 @@ class RunPlan:
         hidden += (self.root / h for h in self.cfg.sandbox.hide)
         if not self.holdout:
             hidden += holdout_paths(self.root, self.cfg)
-        key_dir = _key_dir()
-        if key_dir is not None:
-            hidden.append(key_dir)
+        hidden.append(auth.key_dir())  # the key that signs what a restart trusts
         return hidden
 
     def _metric_files(self) -> list[str]:
