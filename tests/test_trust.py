@@ -593,3 +593,13 @@ def test_a_writable_directory_holds_the_metric_file_and_what_the_eval_writes(mak
     view = first_eval(repo)
     assert view.status == "done", view.reason
     assert view.metrics == {"score": 4.0}
+
+
+def test_a_harness_that_serves_both_evals_stays_visible_to_the_visible_one(make_repo: MakeRepo) -> None:
+    evaluate = "import sys\nv = float(open('value.txt').read())\n"
+    evaluate += "print(f'score: {v * (2 if \"--holdout\" in sys.argv else 1)}')\n"
+    extra = f'\n[holdout]\neval = "{sys.executable} evaluate.py --holdout"\ntolerance = 1.0\n'
+    repo = make_repo("3", config=harness_config(extra=extra), files={"evaluate.py": evaluate})
+    view = first_eval(repo)
+    assert view.status == "done", view.reason
+    assert view.metrics == {"score": 3.0}

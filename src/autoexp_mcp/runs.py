@@ -79,18 +79,20 @@ def eval_env(cfg: Config, *, run: int, repeat: int, experiment: int, commit: str
 
 
 def holdout_paths(root: Path, cfg: Config) -> list[Path]:
-    """The hold-out's script and data: `[holdout].files` and every word of its command that
-    names something in the repository."""
+    """The hold-out's script and data: `[holdout].files`, and every word of its command that
+    names something in the repository, except what the visible eval's command names too (a
+    harness that serves both, `python evaluate.py --holdout`) and the target."""
     hold = cfg.holdout
     if hold is None:
         return []
+    shared = {os.path.normpath(root / w) for w in (*cfg.experiment.argv, cfg.experiment.target)}
     found: list[Path] = []
     for g in hold.files:
         found += (Path(p) for p in glob.glob(str(root / g), recursive=True))
     for word in hold.argv[1:]:
         p = (root / word) if not os.path.isabs(word) else Path(word)
         with contextlib.suppress(OSError, ValueError):
-            if p.exists() and p.resolve().is_relative_to(root):
+            if os.path.normpath(p) not in shared and p.exists() and p.resolve().is_relative_to(root):
                 found.append(p)
     return found
 
