@@ -17,10 +17,14 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import AutoexpError, ConfigError, GitError
 from .metricnames import infer_direction
+
+if TYPE_CHECKING:
+    from .server import Opener
 
 log = logging.getLogger("autoexp_mcp")
 
@@ -62,6 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return exp
 
     opener = Opener(open_experiment)
+    if args.http is not None:
+        return _serve_http(args, opener)
+    if args.token_file or args.no_token or args.allow_host or args.allow_origin:
+        raise ConfigError("--token-file, --no-token, --allow-host and --allow-origin go with --http [HOST:]PORT")
 
     def on_term(signum: int, _frame: object) -> None:
         # Kill the eval's process group before going: the default handler would skip cleanup.
@@ -83,6 +91,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if text not in said.texts:
             print(f"autoexp-mcp: error: {text}", file=sys.stderr)
         return opener.error.exit_code
+    return 0
+
+
+def _serve_http(args: argparse.Namespace, opener: Opener) -> int:
+    """serve --http: open the repository, then serve it over Streamable HTTP until a stop signal."""
+    from . import httpauth, httpserve
+    from .server import build_server
+
+    host, port = httpserve.parse_bind(args.http)
+    if args.no_token and args.token_file:
+        raise ConfigError("--no-token and --token-file contradict each other; give one of them")
+    httpauth.check_bind(host, None if args.no_token else "")
+    token = None if args.no_token else httpauth.load_token(_repo(args), args.token_file, os.environ)
+    access = httpauth.Access.build(
+        bind_host=host,
+        token=token.value if token else None,
+        allow_hosts=args.allow_host or (),
+        allow_origins=args.allow_origin or (),
+    )
+    said = _OpenFailures()
+    log.addFilter(said)
+    try:
+        try:
+            exp = opener.get()  # before listening: a repository that cannot be opened is an error at start
+        except AutoexpError as e:
+            text = _for_shell(e)
+            if text not in said.texts:
+                print(f"autoexp-mcp: error: {text}", file=sys.stderr)
+            return e.exit_code
+        sock = httpserve.bind_socket(host, port)
+        httpserve.serve_http(
+            build_server(opener),
+            root=exp.root,
+            sock=sock,
+            bind_host=host,
+            access=access,
+            token_source=token.source if token else "none",
+            on_stop=opener.close,
+        )
+    finally:
+        opener.close()
+        log.removeFilter(said)
     return 0
 
 
@@ -288,8 +338,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     import time
 
+    from .httpserve import describe_server, server_status
+
     stage_cfg = cfg.for_stage(st.stage)
     view = budget.view_of(st, stage_cfg.budget, time.time())
+    server = server_status(repo)  # which server holds the repository, and for HTTP where
     if args.json:  # for scripts: e.g. a headless loop that relaunches the agent until stop is true
         points = {name: getattr(st, name) for name in ("baseline", "best", "incumbent")}
         out = {
@@ -302,6 +355,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             **{name: p.model_dump(mode="json", exclude={"values"}) if p else None for name, p in points.items()},
             "budget": dataclasses.asdict(view),
             "last": [r.model_dump(mode="json") for r in records[-args.last :]] if args.last > 0 else [],
+            "server": server,
         }
         print(json.dumps(out, indent=1))
         return 0
@@ -312,6 +366,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         + (f" — STOP: {view.reason}" if view.stop else "")
     )
     print(report.status_table(records, stage_cfg, phase=str(st.phase), budget_line=line, last=args.last))
+    print(describe_server(server))
     return 0
 
 
@@ -362,7 +417,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     repo = _repo(args)
     exe_found = shutil.which("autoexp-mcp")
     exe = Path(exe_found) if exe_found else Path(sys.argv[0]).absolute()
-    snip = clients.snippet(args.client, repo=repo, exe=exe, home=Path.home(), name=args.name)
+    snip = clients.snippet(args.client, repo=repo, exe=exe, home=Path.home(), name=args.name, url=args.http)
     print(f"# {args.client}: {snip.config_path}")
     print(snip.text)
     if snip.command_line:
@@ -393,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (to stderr)")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the MCP server over stdio")
+    p = sub.add_parser("serve", help="run the MCP server (over stdio, or Streamable HTTP with --http)")
     _repo_arg(p)
     p.add_argument("--from", dest="from_commit", default=None, help="start a new tag from this commit")
     p.add_argument(
@@ -401,6 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept .git/config or .git/info/attributes changes made since the last server ran",
     )
+    p.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        default=None,
+        help="serve over Streamable HTTP at http://HOST:PORT/mcp (HOST defaults to 127.0.0.1; port 0: any free port)",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="the bearer token clients must send (default: $AUTOEXP_HTTP_TOKEN, else a file made on first start "
+        "next to the autoexp-mcp key)",
+    )
+    p.add_argument("--no-token", action="store_true", help="accept requests without a token (loopback only)")
+    p.add_argument("--allow-host", action="append", metavar="NAME", help="also accept this Host name; repeatable")
+    p.add_argument("--allow-origin", action="append", metavar="ORIGIN", help="also accept this Origin; repeatable")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("init", help="write a starter autoexp.toml")
@@ -458,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--write", action="store_true", help="merge the entry into the client's config file")
     p.add_argument("--name", default="autoexp", help="server name in the client")
+    p.add_argument(
+        "--http",
+        metavar="URL",
+        default=None,
+        help="connect to a server started with `serve --http` at URL (the token comes from $AUTOEXP_HTTP_TOKEN)",
+    )
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("demo", help="run the regex example with a scripted agent over real MCP")

@@ -14,6 +14,13 @@ Formats, as documented by each client:
 - Cursor: `.cursor/mcp.json` in the project, `mcpServers`.
 - VS Code: `.vscode/mcp.json` in the workspace, top-level `servers`, entries need `"type"`.
 - Gemini CLI: `.gemini/settings.json` in the project, `mcpServers` (`command/args/env/cwd/timeout`).
+
+With `url` (a server started with `serve --http`), the entry points at the URL instead and
+sends the token in `Authorization: Bearer`, read from `$AUTOEXP_HTTP_TOKEN` on the client's
+machine by each client's own mechanism, so no config file holds the token: `${VAR}` in
+Claude Code's `.mcp.json` and Gemini's settings, `${env:VAR}` in Cursor's, Codex's
+`bearer_token_env_var`, and a password prompt (`${input:ID}`) in VS Code. Claude Desktop
+adds remote servers only as connectors that sign in with OAuth, so it gets no HTTP entry.
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import tomli_w
 
 from .errors import ConfigError
 from .guard import atomic_write_file
+from .httpauth import TOKEN_ENV, is_loopback
 
 CLIENTS: tuple[str, ...] = ("claude-code", "claude-desktop", "codex", "cursor", "vscode", "gemini")
 
@@ -110,8 +119,10 @@ def snippet(
     platform: str = sys.platform,
     name: str = DEFAULT_NAME,
     environ: Mapping[str, str] | None = None,
+    url: str | None = None,
 ) -> Snippet:
-    """What to add to `client`'s config so that it starts this server for `repo`.
+    """What to add to `client`'s config so that it starts this server for `repo` (or, with
+    `url`, connects to a server started with `serve --http`).
 
     `environ` (default: the current environment) supplies the PATH and HOME written into the
     Codex entry and `CODEX_HOME`; nothing else reads the environment.
@@ -121,6 +132,8 @@ def snippet(
     home = Path(home)
     if client not in CLIENTS:
         raise ConfigError(f"unknown client {client!r}: choose one of {', '.join(CLIENTS)}")
+    if url is not None:
+        return http_snippet(client, url=url, repo=repo, home=home, platform=platform, name=name, environ=environ)
     entry = server_entry(exe, repo, name)
     notes: str
     command_line: str | None = None
@@ -185,6 +198,116 @@ def snippet(
         doc = {"mcpServers": {name: entry}}
         notes = "Start Gemini CLI in the repository and check with /mcp."
 
+    return Snippet(
+        client=client,
+        config_path=path,
+        format="json",
+        text=json.dumps(doc, indent=2) + "\n",
+        command_line=command_line,
+        notes=notes,
+    )
+
+
+# --- a server over HTTP ----------------------------------------------------------------------
+
+BEARER = f"Bearer ${{{TOKEN_ENV}}}"  # the header value, for clients that expand ${VAR}
+
+
+def check_url(url: str) -> str:
+    """A server URL as `serve --http` prints it (http or https, a host, the /mcp path)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--http {url!r}: give the server's URL, e.g. http://127.0.0.1:8765/mcp (what `autoexp-mcp serve "
+            "--http` prints) or https://gpu.example.com/mcp behind a TLS proxy"
+        )
+    if parts.username or parts.password:
+        raise ConfigError(f"--http {url!r}: no user or password in the URL; the token travels in a header")
+    return url.strip()
+
+
+def _token_note(url: str) -> str:
+    note = (
+        f"Set {TOKEN_ENV} to the server's token in the environment the client starts from (the server's "
+        "machine has it in the file `autoexp-mcp serve --http` names, by default ~/.config/autoexp-mcp/http-token)."
+    )
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        note += " This URL is plain http to another machine: the token would cross the network in clear; use TLS."
+    return note
+
+
+def http_snippet(
+    client: str,
+    *,
+    url: str,
+    repo: Path,
+    home: Path,
+    platform: str = sys.platform,
+    name: str = DEFAULT_NAME,
+    environ: Mapping[str, str] | None = None,
+) -> Snippet:
+    """What to add to `client`'s config so that it connects to the server at `url`, sending the
+    token from `$AUTOEXP_HTTP_TOKEN` (never written into the file)."""
+    _check_name(name)
+    url = check_url(url)
+    environ = os.environ if environ is None else environ
+    token_note = _token_note(url)
+    command_line: str | None = None
+    doc: dict[str, Any]
+    if client == "claude-desktop":
+        raise ConfigError(
+            "Claude Desktop adds remote servers only as connectors (Settings > Connectors), which sign in with "
+            "OAuth and cannot send this server's token. Run the server on the same machine over stdio "
+            "(install --client claude-desktop without --http), or use a client that takes a URL and a header "
+            "(claude-code, codex, cursor, vscode, gemini)."
+        )
+    if client == "codex":
+        codex_home = Path(environ["CODEX_HOME"]) if environ.get("CODEX_HOME") else home / ".codex"
+        doc = {
+            "mcp_servers": {
+                name: {"url": url, "bearer_token_env_var": TOKEN_ENV, "tool_timeout_sec": CODEX_TOOL_TIMEOUT_S}
+            }
+        }
+        return Snippet(
+            client=client,
+            config_path=codex_home / "config.toml",
+            format="toml",
+            text=tomli_w.dumps(doc),
+            command_line=None,
+            notes=f"{token_note} Restart Codex and check with /mcp.",
+        )
+    if client == "claude-code":
+        path = repo / ".mcp.json"
+        doc = {"mcpServers": {name: {"type": "http", "url": url, "headers": {"Authorization": BEARER}}}}
+        argv = ["claude", "mcp", "add", "--transport", "http", "--scope", "project", name, url]
+        command_line = _quote_command([*argv, "--header", f"Authorization: {BEARER}"], platform)
+        notes = f"{token_note} Claude Code expands ${{{TOKEN_ENV}}} when it reads .mcp.json; check with /mcp."
+    elif client == "cursor":
+        path = repo / ".cursor" / "mcp.json"
+        doc = {"mcpServers": {name: {"url": url, "headers": {"Authorization": f"Bearer ${{env:{TOKEN_ENV}}}"}}}}
+        notes = f"{token_note} Restart Cursor, then enable the server under Settings > MCP."
+    elif client == "vscode":
+        path = repo / ".vscode" / "mcp.json"
+        prompt_id = f"{name}-token"
+        doc = {
+            "servers": {
+                name: {"type": "http", "url": url, "headers": {"Authorization": f"Bearer ${{input:{prompt_id}}}"}}
+            },
+            "inputs": [
+                {
+                    "type": "promptString",
+                    "id": prompt_id,
+                    "description": "autoexp-mcp token (in the file `autoexp-mcp serve --http` names)",
+                    "password": True,
+                }
+            ],
+        }
+        notes = "VS Code asks for the token when it starts the server and keeps it in its secret storage."
+    else:  # gemini
+        path = repo / ".gemini" / "settings.json"
+        doc = {"mcpServers": {name: {"httpUrl": url, "headers": {"Authorization": BEARER}}}}
+        notes = f"{token_note} Start Gemini CLI in the repository and check with /mcp."
     return Snippet(
         client=client,
         config_path=path,
@@ -267,6 +390,13 @@ def write_config(s: Snippet, *, name: str = DEFAULT_NAME) -> Path | None:
 
     merged = {**servers, name: entry}
     doc[container_key] = merged
+    for key, items in ours.items():  # VS Code's `inputs`: ours replace those with the same id
+        if key != container_key and isinstance(items, list):
+            theirs = doc.get(key, [])
+            if not isinstance(theirs, list):
+                raise ConfigError(f"{path}: {key!r} is not a list; it was left unchanged. Add the entry by hand.")
+            ids = {i.get("id") for i in items if isinstance(i, dict)}
+            doc[key] = [i for i in theirs if not (isinstance(i, dict) and i.get("id") in ids)] + items
     backup = _backup(path) if existed else None
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_file(path, _dump(doc, s.format).encode("utf-8"), mode)
