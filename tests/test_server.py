@@ -19,7 +19,7 @@ from conftest import CALL_TIMEOUT_S, MakeRepo, call, call_error, cmdline_pids, e
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"read_target", "write_target", "commit", "run_eval", "decide", "log_result", "budget_status"}
+TOOLS = {"experiment", "read_target", "write_target", "commit", "run_eval", "decide", "log_result", "budget_status"}
 
 
 async def experiment(c: Client, value: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -52,13 +52,14 @@ async def scripted_run(c: Client, repo: Path) -> None:
     assert ev["baseline"] and ev["status"] == "done" and ev["metrics"] == {"score": 1.0}
     assert (await call(c, "decide"))["status"] == "keep"
     log = await call(c, "log_result")
-    assert log["row"]["description"] == "baseline" and log["next"] == "write_target"
+    assert log == {"experiment": 1, "status": "keep", "budget": "49 experiments left", "next": "write_target"}
     best = 1.0
     for i, (value, expected) in enumerate(SCRIPT, start=2):
         before = git(repo, "rev-parse", "HEAD")
         ev, d, log = await experiment(c, value)
         assert d["status"] == expected, (value, d)
-        assert log["row"] == {**log["row"], "experiment": i, "status": expected}
+        assert d.get("new_best", False) == (expected == "keep")
+        assert log == {"experiment": i, "status": expected, "budget": f"{50 - i} experiments left", "next": "write_target"}
         if expected == "keep":
             best = float(value)
             assert git(repo, "rev-parse", "HEAD").startswith(d["commit"])
@@ -67,7 +68,7 @@ async def scripted_run(c: Client, repo: Path) -> None:
         assert (repo / "value.txt").read_text() == (
             f"{value}\n" if expected == "keep" else git(repo, "show", "HEAD:value.txt") + "\n"
         )
-        budget = log["budget"]
+        budget = await call(c, "budget_status")
         assert budget["experiments_used"] == i
         assert budget["experiments_left"] == 50 - i
         assert budget["best"]["metrics"]["score"] == best

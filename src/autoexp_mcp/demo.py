@@ -69,30 +69,29 @@ async def _drive(repo: Path, moves: list[dict[str, Any]], experiments: int) -> N
         assert res.structured_content is not None
         return res.structured_content
 
+    def show(out: dict[str, Any], description: str) -> None:
+        metrics = _fmt(out.get("metrics") or {})
+        print(f"  #{out['experiment']:<3} {out['commit']}  {out['status']:<8} {metrics}  {description}")
+        if out["status"] in ("discard", "crash", "timeout"):
+            print(f"       ↳ {out['reason'][:110]}")
+
     async with Client(server_params(repo)) as c:
-
-        async def finish(description: str) -> None:
-            ev = await call(c, "run_eval")
-            while ev["status"] == "running":
-                ev = await call(c, "run_eval")
-            d = await call(c, "decide")
-            row = (await call(c, "log_result", notes="scripted demo move"))["row"]
-            print(
-                f"  #{row['experiment']:<3} {row['commit']}  {row['status']:<8} {_fmt(row['metrics'])}  {description}"
-            )
-            if d["status"] in ("discard", "crash", "timeout"):
-                print(f"       ↳ {d['reason'][:110]}")
-
         print("  exp  commit   status   metric     description")
-        await finish("baseline")
+        # The baseline step by step (run_eval, decide, log_result), to show it on its own line;
+        # then one `experiment` call per move: write, commit, run, keep or revert, log.
+        ev = await call(c, "run_eval")
+        while ev["status"] == "running":
+            ev = await call(c, "run_eval")
+        show(await call(c, "decide"), "baseline")
+        await call(c, "log_result", notes="scripted demo baseline")
         for move in moves[:experiments]:
-            status = await call(c, "budget_status")
-            if status["stop"]:
-                print(f"budget: {status['reason']}")
+            out = await call(c, "experiment", content=move["content"], description=move["description"])
+            while out["status"] == "running":
+                out = await call(c, "run_eval")
+            show(out, move["description"])
+            if out["next"] == "stop":
+                print(f"budget: {out['budget']}")
                 break
-            await call(c, "write_target", content=move["content"])
-            await call(c, "commit", description=move["description"])
-            await finish(move["description"])
         final = await call(c, "budget_status")
         best = final["best"]
         print(f"\nbest: commit {best['commit']} {_fmt(best['metrics'])} after {final['experiments_used']} experiments")

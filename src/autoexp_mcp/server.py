@@ -12,8 +12,10 @@ opens it itself.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -23,15 +25,28 @@ import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.shared.exceptions import MCPError
-from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, ToolAnnotations
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import __version__
 from .errors import AutoexpError, OrderError
-from .models import BudgetStatus, CommitResult, DecideResult, EvalView, LogResult, TargetView, WriteResult
+from .models import (
+    Budget,
+    CommitResult,
+    Decided,
+    Logged,
+    Outcome,
+    TargetView,
+    WriteResult,
+    budget,
+    decided,
+    eval_outcome,
+    logged,
+)
 
 if TYPE_CHECKING:
     from .loop import Experiment, _Job
+    from .oneshot import OneCall, Step
 
 log = logging.getLogger("autoexp_mcp")
 
@@ -51,18 +66,72 @@ def _described(fn: F) -> F:
 INSTRUCTIONS = """\
 autoexp runs a guarded experiment loop on ONE target file of a git repository. The server
 measures the metric, keeps or reverts each change with git, logs results.tsv and enforces the
-budget. Loop: run_eval once on the untouched tree (the baseline) -> decide -> log_result; then
-repeat: read_target -> write_target (one hypothesis) -> commit (description = hypothesis) ->
-run_eval (call again while status is "running") -> decide -> log_result. Rules: change only the
-target and only through write_target; never edit other files, never run git or the eval
-yourself; follow `next` in every result; never report metrics (the server reads them); NEVER
-STOP until budget_status says stop: true or the human interrupts. The full instructions are the
-`autoexp` prompt; past results are the autoexp://results resource."""
+budget. Loop: read_target, then repeat `experiment` (the whole edit + description = one
+hypothesis): it writes, commits, runs the eval, keeps or reverts and logs, and answers with the
+outcome; the first one measures the baseline first. If it answers status "running", call
+run_eval for the outcome. Rules: change only the target and only through these tools; never
+run git or the eval yourself; follow `next`; never report metrics; NEVER STOP until the budget
+line says stop or the human interrupts. The step tools (write_target, commit, run_eval, decide,
+log_result) do one step each. Full instructions: the `autoexp` prompt; past results: the
+autoexp://results resource."""
 
 
 class Edit(BaseModel):
-    old: str = Field(description="exact text in the target; must occur exactly once")
-    new: str = Field(description="replacement text")
+    old: str
+    new: str
+
+
+def tight_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema without what only costs the agent's context: titles, defaults (`required`
+    says what may be left out), `null` alternatives (results leave such fields out, and so may
+    arguments), local `$ref`s inlined (each model is used once)."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs:
+            node = {**defs[ref[8:]], **{k: v for k, v in node.items() if k != "$ref"}}
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("title", "$defs", "default"):
+                continue
+            if key == "properties" and isinstance(value, dict):
+                out[key] = {name: walk(sub) for name, sub in value.items()}
+            else:
+                out[key] = walk(value)
+        alternatives = out.get("anyOf")
+        if isinstance(alternatives, list) and {"type": "null"} in alternatives:
+            rest = [a for a in alternatives if a != {"type": "null"}]
+            if len(rest) == 1:
+                del out["anyOf"]
+                out = {**rest[0], **out}
+        return out
+
+    return dict(walk(schema))
+
+
+def _tight_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A tool of a tools/list answer (wire JSON) with tight schemas. An output schema keeps the
+    fields and their types and drops `required`: clients read it, not the agent, and a result
+    leaves out every field that does not apply."""
+    out = dict(tool)
+    if isinstance(tool.get("inputSchema"), dict):
+        out["inputSchema"] = tight_schema(tool["inputSchema"])
+    if isinstance(tool.get("outputSchema"), dict):
+        out["outputSchema"] = {k: v for k, v in tight_schema(tool["outputSchema"]).items() if k != "required"}
+    return out
+
+
+def _wire(result: BaseModel) -> CallToolResult:
+    """A tool result: the structured content without empty fields, and the same JSON, compact,
+    as the text (clients that show only one of them see everything)."""
+    data = result.model_dump(mode="json", exclude_none=True)
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 
 class Opener:
@@ -73,6 +142,7 @@ class Opener:
     def __init__(self, open_experiment: Callable[[], Experiment]) -> None:
         self._open = open_experiment
         self._exp: Experiment | None = None
+        self._one: OneCall | None = None
         self.error: AutoexpError | None = None
         self.tried = False  # an open was attempted (by a call, `start` or `settle`)
         self._started = False
@@ -83,7 +153,26 @@ class Opener:
     def of(cls, exp: Experiment) -> Opener:
         opener = cls(lambda: exp)
         opener._exp = exp
+        opener._one = opener._attach(exp)
         return opener
+
+    @staticmethod
+    def _attach(exp: Experiment) -> OneCall:
+        """The one-call driver of `exp`; it finishes a one-call run a stopped server left."""
+        from .oneshot import OneCall
+
+        one = OneCall(exp)
+        try:
+            one.resume()
+        except AutoexpError as e:  # the run stays measured; the next run_eval tries again
+            log.error("cannot finish the last experiment: %s", e)
+        return one
+
+    def one_call(self) -> OneCall:
+        """The one-call driver (blocking: opens the Experiment first if needed)."""
+        self.get()
+        assert self._one is not None
+        return self._one
 
     @property
     def experiment(self) -> Experiment | None:
@@ -108,6 +197,7 @@ class Opener:
                 log.exception("cannot open the experiment")
                 raise self.error from e
             self.error = None
+            self._one = self._attach(self._exp)
             return self._exp
 
     def start(self) -> None:
@@ -148,13 +238,18 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
                 if close_on_exit:
                     await anyio.to_thread.run_sync(opener.close)
 
-    async def open_after_listing(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+    listed: dict[str, Any] = {}  # tool name -> its listing with tight schemas (they never change)
+
+    async def lean_listing(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
         # The handshake ends with tools/list: open the repository then, in the background, rather
         # than at start, where the open (mostly importing GitPython) would slow the handshake down
         # by holding the GIL. A tool call that comes first opens it itself.
         result = await call_next(ctx)
         if ctx.method == "tools/list":
             opener.start()
+            tools = result.get("tools") if isinstance(result, dict) else None
+            if isinstance(tools, list):  # the answer as it goes on the wire
+                result["tools"] = [listed.setdefault(t["name"], _tight_tool(t)) for t in tools]
         return result
 
     async def _call(op: Callable[[Experiment], T], abandon_on_cancel: bool = False) -> T:
@@ -164,6 +259,21 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
             raise ToolError(f"{e} (next: {e.next_tool})") from None
         except AutoexpError as e:
             raise ToolError(str(e)) from None
+
+    async def _drive(op: Callable[[OneCall], T], abandon_on_cancel: bool = False) -> T:
+        return await _call(lambda _: op(opener.one_call()), abandon_on_cancel)
+
+    async def _wait(ctx: Context, job: _Job, deadline: float) -> None:
+        """Wait for the run until `deadline` (time.monotonic), reporting progress."""
+        cfg = job.exp.cfg
+        total = cfg.experiment.timeout * cfg.policy.repeats
+        while not job.done.is_set():
+            elapsed = job.elapsed()
+            await ctx.report_progress(min(elapsed, total), total, f"eval run {job.run} running for {elapsed:.0f}s")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await anyio.to_thread.run_sync(job.done.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True)
 
     def _open_or_fail() -> Experiment:
         """For resources (called in a worker thread): the open Experiment, or an error the client sees."""
@@ -178,108 +288,166 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         instructions=INSTRUCTIONS,
         version=__version__,
         lifespan=lifespan,
-        middleware=[open_after_listing],
+        middleware=[lean_listing],
     )
 
-    @mcp.tool(title="Read the target file", annotations=ToolAnnotations(read_only_hint=True))
+    @mcp.tool(title="One experiment", annotations=ToolAnnotations(destructive_hint=True))
     @_described
-    async def read_target() -> TargetView:
-        """Return the current content of the target file (the only file you may change), its
-        sha256 and line count. Allowed in every phase."""
-        return await _call(lambda exp: exp.read_target())
+    async def experiment(
+        ctx: Context,
+        description: Annotated[str, Field(description="the hypothesis, one line")],
+        content: Annotated[str, Field(description="the whole new target")] = "",
+        edits: Annotated[list[Edit] | None, Field(description="exact {old, new} replacements, each old found once")] = None,
+        notes: Annotated[str, Field(description="what you learned")] = "",
+        tokens_used: Annotated[int, Field(ge=0)] = 0,
+        cost_usd: Annotated[float | None, Field(ge=0)] = None,
+        wait_seconds: float | None = None,
+    ) -> Annotated[CallToolResult, Outcome]:
+        """Write the target (content or edits), commit, run the eval, keep or revert, log: one
+        experiment (the first call measures the baseline first). Status "running": the eval
+        outlasted wait_seconds; the server still logs it, run_eval gives the outcome."""
+        from .oneshot import Request
 
-    @mcp.tool(
-        title="Write the target file",
-        annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False),
-    )
+        pairs = None if edits is None else [(e.old, e.new) for e in edits]
+        if pairs is None and content == "":
+            raise ToolError("give `content` (the whole new file, not empty) or `edits` ({old, new} pairs).")
+        req = Request(description, content if pairs is None or content else None, pairs, notes, tokens_used, cost_usd)
+        started = time.monotonic()
+
+        def go(one: OneCall) -> tuple[Step, float, Outcome | None]:
+            # One trip to a worker thread when the eval ends within the first wait (quick evals).
+            step = one.begin(req)
+            deadline = started + one.exp.wait_limit(wait_seconds)
+            ended = step.job.done.wait(max(0.0, min(PROGRESS_EVERY_S, deadline - time.monotonic())))
+            return step, deadline, one.result() if ended else None
+
+        for _ in range(2):  # the baseline first (on the first call), then the edit
+            step, deadline, out = await _drive(go, abandon_on_cancel=True)
+            if out is None:
+                await _wait(ctx, step.job, deadline)
+                out = await _drive(lambda one: one.result())
+            if out is None:
+                raise ToolError("the experiment's outcome is not available yet; call run_eval.")
+            if not step.baseline or out.status == "running":
+                return _wire(out)
+            if out.next != "experiment":  # the baseline failed, or took the last of the budget
+                return _wire(out.model_copy(update={"reason": f"{out.reason}. Your edit was not tried."}))
+        raise ToolError("the baseline was measured twice in one call; call budget_status.")
+
+    @mcp.tool(title="Read target", annotations=ToolAnnotations(read_only_hint=True))
+    @_described
+    async def read_target() -> Annotated[CallToolResult, TargetView]:
+        """The target, the only file you may change. Any phase."""
+
+        def op(one: OneCall) -> TargetView:
+            view = one.exp.read_target()
+            return view.model_copy(update={"next": one.next_tool(view.next)})
+
+        return _wire(await _drive(op))
+
+    @mcp.tool(title="Write target", annotations=ToolAnnotations(destructive_hint=False))
     @_described
     async def write_target(
-        content: Annotated[str, Field(description="the whole new file (leave empty when giving edits)")] = "",
-        edits: Annotated[list[Edit] | None, Field(description="exact {old, new} replacements, in order")] = None,
-    ) -> WriteResult:
-        """Change the target file: pass either `content` (the whole new file) or `edits`, a list of
-        exact {old, new} replacements where each `old` occurs exactly once. Only after the
-        baseline; may be called repeatedly before `commit`. Next: commit."""
+        content: Annotated[str, Field(description="the whole new target")] = "",
+        edits: Annotated[list[Edit] | None, Field(description="exact {old, new} replacements, each old found once")] = None,
+    ) -> Annotated[CallToolResult, WriteResult]:
+        """Step tool: change the target by `content` or `edits`. Next: commit."""
         # `content` is typed plain `str` on purpose: the SDK would otherwise parse a target that
         # happens to be JSON (hparams.json) into a dict before it reaches us.
         pairs = None if edits is None else [(e.old, e.new) for e in edits]
         if pairs is None and content == "":
             raise ToolError("give `content` (the whole new file, not empty) or `edits` ({old, new} pairs).")
-        return await _call(lambda exp: exp.write_target(content if pairs is None or content else None, pairs))
 
-    @mcp.tool(title="Commit the experiment", annotations=ToolAnnotations(destructive_hint=False))
+        def op(one: OneCall) -> WriteResult:
+            result = one.exp.write_target(content if pairs is None or content else None, pairs)
+            one.forget()
+            return result
+
+        return _wire(await _drive(op))
+
+    @mcp.tool(title="Commit", annotations=ToolAnnotations(destructive_hint=False))
     @_described
     async def commit(
-        description: Annotated[str, Field(description="the hypothesis this edit tests, one line")],
-    ) -> CommitResult:
-        """Commit the edited target as one experiment on the experiment branch. The server checks
-        first that nothing but the target changed. Next: run_eval."""
-        return await _call(lambda exp: exp.commit(description))
+        description: Annotated[str, Field(description="the hypothesis, one line")],
+    ) -> Annotated[CallToolResult, CommitResult]:
+        """Step tool: commit the edited target. Next: run_eval."""
+        return _wire(await _call(lambda exp: exp.commit(description)))
 
-    @mcp.tool(title="Run the eval", annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))
+    @mcp.tool(title="Run eval", annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))
     @_described
     async def run_eval(
         ctx: Context,
-        wait_seconds: Annotated[
-            float | None, Field(description="longest wait in this call (default from the config, ~45 s)")
-        ] = None,
-    ) -> EvalView:
-        """Run the eval harness on the committed experiment (or, first of all, on the untouched
-        tree: the baseline) and read the metrics from its output. Waits at most `wait_seconds`;
-        if the eval is still going it returns status "running": call run_eval again to keep
-        waiting on the same run. It stops if this server exits (as with a client that starts one
-        server per call). Next: decide."""
-        started = anyio.current_time()
+        wait_seconds: float | None = None,
+    ) -> Annotated[CallToolResult, Outcome]:
+        """Run the eval on the commit (first: the untouched tree, the baseline). Status "running":
+        call run_eval again to keep waiting on the same run; it stops if this server exits. For
+        an `experiment`: its outcome."""
 
-        def start(e: Experiment) -> tuple[Experiment, _Job | None, EvalView | None]:
+        def view(one: OneCall) -> Outcome:
+            return one.result() or eval_outcome(one.exp.eval_view())
+
+        def start(one: OneCall) -> tuple[_Job | None, Outcome | None]:
             # One trip to a worker thread when the eval ends within the first wait (quick evals).
-            job = e.start_eval()
-            if job is not None and not job.done.wait(min(PROGRESS_EVERY_S, e.wait_limit(wait_seconds))):
-                return e, job, None
-            return e, job, e.eval_view()
+            exp = one.exp
+            with exp.lock:
+                out = one.settled()
+                if out is not None:
+                    return None, out
+                job = exp.start_eval()
+            if job is not None and not job.done.wait(min(PROGRESS_EVERY_S, exp.wait_limit(wait_seconds))):
+                return job, None
+            return job, view(one)
 
-        exp, job, view = await _call(start, abandon_on_cancel=True)
-        if view is not None:
-            return view
-        assert job is not None
-        deadline = started + exp.wait_limit(wait_seconds)
-        total = exp.cfg.experiment.timeout * exp.cfg.policy.repeats
-        while not job.done.is_set():
-            elapsed = job.elapsed()
-            await ctx.report_progress(min(elapsed, total), total, f"eval run {job.run} running for {elapsed:.0f}s")
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                break
-            await anyio.to_thread.run_sync(job.done.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True)
-        return await _call(lambda e: e.eval_view())
+        started = time.monotonic()
+        job, out = await _drive(start, abandon_on_cancel=True)
+        if out is None:
+            assert job is not None
+            await _wait(ctx, job, started + job.exp.wait_limit(wait_seconds))
+            out = await _drive(view)
+        return _wire(out)
 
-    @mcp.tool(title="Keep or revert", annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False))
+    @mcp.tool(title="Keep or revert", annotations=ToolAnnotations(destructive_hint=True))
     @_described
-    async def decide() -> DecideResult:
-        """Apply the keep/revert rule to the measured result: keep the commit if it beats the
-        incumbent, otherwise reset the branch to the incumbent (also on crash or timeout).
-        Returns the rule, the numbers compared and the margin. Next: log_result."""
-        return await _call(lambda exp: exp.decide())
+    async def decide() -> Annotated[CallToolResult, Decided]:
+        """Step tool: keep the commit if it beats the incumbent, else revert. Next: log_result."""
 
-    @mcp.tool(title="Log the result", annotations=ToolAnnotations(destructive_hint=False))
+        def op(one: OneCall) -> Decided:
+            with one.exp.lock:
+                one.refuse_step("decide")
+                return decided(one.exp.decide())
+
+        return _wire(await _drive(op))
+
+    @mcp.tool(title="Log result", annotations=ToolAnnotations(destructive_hint=False))
     @_described
     async def log_result(
-        notes: Annotated[str, Field(description="what you learned from this experiment")] = "",
-        description: Annotated[str, Field(description="replaces the commit description in the log")] = "",
-        tokens_used: Annotated[int, Field(ge=0, description="tokens this experiment cost you")] = 0,
-        cost_usd: Annotated[float | None, Field(ge=0, description="what this experiment cost, in USD")] = None,
-    ) -> LogResult:
-        """Append the decided experiment to results.tsv and experiments.jsonl and update the
-        budget. Returns the row and the budget status. Next: write_target (or stop when the
-        budget says so)."""
-        return await _call(lambda exp: exp.log_result(description or None, notes, tokens_used, cost_usd))
+        notes: Annotated[str, Field(description="what you learned")] = "",
+        description: str = "",
+        tokens_used: Annotated[int, Field(ge=0)] = 0,
+        cost_usd: Annotated[float | None, Field(ge=0)] = None,
+    ) -> Annotated[CallToolResult, Logged]:
+        """Step tool: log the decided experiment, count it in the budget. Next: write_target."""
+
+        def op(one: OneCall) -> Logged:
+            with one.exp.lock:
+                one.refuse_step("log_result")
+                return logged(one.exp.log_result(description or None, notes, tokens_used, cost_usd))
+
+        return _wire(await _drive(op))
 
     @mcp.tool(title="Budget status", annotations=ToolAnnotations(read_only_hint=True))
     @_described
-    async def budget_status() -> BudgetStatus:
-        """Experiments used and left, cost, hours, crashes in a row, whether to stop, the phase
-        and the next tool. Allowed in every phase."""
-        return await _call(lambda exp: exp.budget_status())
+    async def budget_status() -> Annotated[CallToolResult, Budget]:
+        """Budget used and left, stop, phase, best, last outcome, next tool. Any phase."""
+
+        def op(one: OneCall) -> Budget:
+            with one.exp.lock:
+                b = one.exp.budget_status()
+                last = one.last
+                line = f"#{last.experiment} {last.status}: {last.reason}" if last is not None else None
+                return budget(b, last=line, next_tool=one.next_tool(b.next))
+
+        return _wire(await _drive(op))
 
     @mcp.prompt(name="autoexp", title="Autonomous experiment loop")
     @_described
