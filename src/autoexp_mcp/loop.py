@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,7 @@ class _Job:
         try:
             if not self.cancelled:
                 self.exp._finish_run(self, result)
+                self.exp._run_ended(self)
         finally:
             self.done.set()
 
@@ -156,6 +157,9 @@ class Experiment:
         self.dir.mkdir(exist_ok=True)
         self._lock = threading.RLock()
         self._job: _Job | None = None
+        # Called in the run's thread once its result is recorded, before anyone waiting on the
+        # run is woken: the one-call `experiment` decides and logs there (oneshot.py).
+        self.on_run_end: Callable[[_Job], None] | None = None
         self._text_cache: dict[str, str] = {}
         self._watch: HarnessWatch | None = None  # made at the first check, before any eval of this server
         self._harness_ok: set[tuple[str, str]] = set()  # (commit, harness) pairs whose tree was verified
@@ -437,7 +441,8 @@ class Experiment:
         if not p.baseline and st.incumbent is not None:
             self.git.reset_hard(st.incumbent.commit)
         log.warning("run %s was interrupted by a server stop; logged as experiment %d", p.run, p.experiment)
-        self.log_result(notes="logged by the server when it restarted")
+        spend = (p.auto.tokens_used, p.auto.cost_usd) if p.auto else (0, None)  # what `experiment` was told
+        self.log_result(notes="logged by the server when it restarted", tokens_used=spend[0], cost_usd=spend[1])
 
     def _log_if_written(self) -> None:
         """After a crash between the ledger append and the state write, finish the transition."""
@@ -469,8 +474,27 @@ class Experiment:
 
     # --- helpers --------------------------------------------------------------------
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every operation; hold it to make several one atomic (oneshot.py)."""
+        return self._lock
+
+    def abandon_edit(self) -> None:
+        """Forget an uncommitted edit: the target back at the incumbent's version, phase IDLE.
+        What a refused one-call experiment leaves behind (nothing)."""
+        with self._lock:
+            st = self.state
+            if st.phase != Phase.EDITED or st.incumbent is None:
+                return
+            self._put_target(st.incumbent.commit)
+            st.pending = None
+            st.phase = Phase.IDLE
+            self._save(durable=False)
+
     def next_tool(self) -> str:
         st = self.state
+        if st.pending is not None and st.pending.auto is not None and st.phase in (Phase.EVALUATED, Phase.DECIDED):
+            return "run_eval"  # the server decides and logs a one-call experiment itself
         if st.phase in _NEXT:
             return _NEXT[st.phase]
         if self.budget().stop:
@@ -1189,6 +1213,14 @@ class Experiment:
             )
             result.holdout_failed = gate is not None
         return result
+
+    def _run_ended(self, job: _Job) -> None:
+        hook = self.on_run_end
+        if hook is not None:
+            try:
+                hook(job)
+            except Exception:  # the run is recorded; a failed hook leaves it for the next call
+                log.exception("finishing eval run %s failed", job.run)
 
     def _finish_run(self, job: _Job, result: EvalResult) -> None:
         with self._lock:

@@ -79,6 +79,15 @@ class DecisionState(_Model):
     margin: float | None = None
 
 
+class AutoLog(_Model):
+    """What a one-call `experiment` asked to be logged with its row: the server decides and logs
+    the run itself when it ends, also when no call is waiting (and after a restart)."""
+
+    notes: str = ""
+    tokens_used: int = 0
+    cost_usd: float | None = None
+
+
 class Pending(_Model):
     """The experiment in flight, from its first edit (or the baseline run) to its ledger row."""
 
@@ -93,6 +102,7 @@ class Pending(_Model):
     result: EvalResult | None = None
     decision: DecisionState | None = None
     drift_note: str | None = None
+    auto: AutoLog | None = None  # set by `experiment`: the server decides and logs this run
 
 
 class State(_Model):
