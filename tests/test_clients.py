@@ -17,6 +17,7 @@ import pytest
 
 from autoexp_mcp.clients import CLIENTS, CODEX_TOOL_TIMEOUT_S, Snippet, server_entry, snippet, write_config
 from autoexp_mcp.errors import ConfigError
+from autoexp_mcp.httpauth import TOKEN_ENV
 
 CONTAINER = {"vscode": "servers", "codex": "mcp_servers"}
 
@@ -295,3 +296,101 @@ def test_write_uses_the_given_name(env: dict[str, Any]) -> None:
 def test_codex_path_is_deduplicated_keeping_order(env: dict[str, Any], platform: str, path: str, expected: str) -> None:
     s = make("codex", env, platform=platform, environ={**env["environ"], "PATH": path})
     assert tomllib.loads(s.text)["mcp_servers"]["autoexp"]["env"]["PATH"] == expected
+
+
+# --- a server over HTTP (install --http URL) -------------------------------------------------------
+
+URL = "https://gpu.example.com/mcp"
+HTTP_CLIENTS = [c for c in CLIENTS if c != "claude-desktop"]
+URL_KEY = {"gemini": "httpUrl"}
+
+
+def http(client: str, env: dict[str, Any], url: str = URL, **kw: Any) -> Snippet:
+    return make(client, env, url=url, **kw)
+
+
+@pytest.mark.parametrize("client", HTTP_CLIENTS)
+def test_http_entry_points_at_the_url_and_names_the_token_variable_not_the_token(
+    client: str, env: dict[str, Any]
+) -> None:
+    s = http(client, env, environ={**env["environ"], TOKEN_ENV: "the-real-token-value-here"})
+    entry = servers(parse(s.text, s.format), client)["autoexp"]
+    assert entry[URL_KEY.get(client, "url")] == URL
+    assert "command" not in entry and "args" not in entry
+    assert "the-real-token-value-here" not in s.text + (s.command_line or "") + s.notes
+    if client == "codex":
+        assert entry["bearer_token_env_var"] == TOKEN_ENV
+    elif client == "vscode":
+        prompt = parse(s.text, s.format)["inputs"][0]
+        assert entry["headers"]["Authorization"] == f"Bearer ${{input:{prompt['id']}}}" and prompt["password"] is True
+    else:
+        variable = f"${{env:{TOKEN_ENV}}}" if client == "cursor" else f"${{{TOKEN_ENV}}}"
+        assert entry["headers"] == {"Authorization": f"Bearer {variable}"}
+        assert TOKEN_ENV in s.notes
+
+
+def test_http_entries_carry_the_transport_each_client_needs(env: dict[str, Any]) -> None:
+    assert servers(json.loads(http("claude-code", env).text), "claude-code")["autoexp"]["type"] == "http"
+    assert servers(json.loads(http("vscode", env).text), "vscode")["autoexp"]["type"] == "http"
+    codex = tomllib.loads(http("codex", env).text)["mcp_servers"]["autoexp"]
+    assert codex["tool_timeout_sec"] == CODEX_TOOL_TIMEOUT_S
+
+
+def test_claude_code_http_command_line_keeps_the_variable_for_claude_to_expand(env: dict[str, Any]) -> None:
+    s = http("claude-code", env)
+    assert s.command_line is not None
+    assert shlex.split(s.command_line) == [
+        "claude", "mcp", "add", "--transport", "http", "--scope", "project", "autoexp", URL,
+        "--header", f"Authorization: Bearer ${{{TOKEN_ENV}}}",
+    ]  # fmt: skip
+    assert f"'Authorization: Bearer ${{{TOKEN_ENV}}}'" in s.command_line, "single quotes: the shell leaves it alone"
+
+
+def test_claude_desktop_has_no_http_entry_and_says_what_to_do(env: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="Connectors.*OAuth.*without --http"):
+        http("claude-desktop", env)
+
+
+@pytest.mark.parametrize("url", ["gpu.example.com:8765/mcp", "ftp://gpu.example.com/mcp", "http:///mcp", ""])
+def test_a_url_that_is_not_a_server_url_is_refused(url: str, env: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="give the server's URL"):
+        http("cursor", env, url=url)
+
+
+def test_a_url_with_a_password_is_refused(env: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="header"):
+        http("cursor", env, url="https://me:pw@gpu.example.com/mcp")
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://gpu.example.com:8765/mcp", True),
+        ("http://10.0.0.5:8765/mcp", True),
+        ("https://gpu.example.com/mcp", False),
+        ("http://127.0.0.1:8765/mcp", False),
+        ("http://localhost:8765/mcp", False),
+    ],
+)
+def test_plain_http_to_another_machine_is_called_out(url: str, warned: bool, env: dict[str, Any]) -> None:
+    assert ("in clear" in http("gemini", env, url=url).notes) is warned
+
+
+def test_vscode_http_write_merges_the_token_prompt_once(env: dict[str, Any]) -> None:
+    s = http("vscode", env)
+    s.config_path.parent.mkdir(parents=True, exist_ok=True)
+    s.config_path.write_text(existing_file(s), encoding="utf-8")
+    write_config(s)
+    write_config(s)
+    doc = read(s)
+    assert [i["id"] for i in doc["inputs"]] == ["api-key", "autoexp-token"]
+    assert set(doc["servers"]) == {"other", "autoexp"} and doc["servers"]["autoexp"]["type"] == "http"
+
+
+@pytest.mark.parametrize("client", HTTP_CLIENTS)
+def test_an_http_entry_replaces_a_stdio_entry_of_the_same_name(client: str, env: dict[str, Any]) -> None:
+    write_config(make(client, env))
+    s = http(client, env)
+    write_config(s)
+    entry = servers(read(s), client)["autoexp"]
+    assert entry == servers(parse(s.text, s.format), client)["autoexp"] and "command" not in entry

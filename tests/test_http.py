@@ -26,6 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from autoexp_mcp import httpauth, httpserve
 from autoexp_mcp.cli import main as cli_main
+from autoexp_mcp.clients import snippet
 from autoexp_mcp.errors import ConfigError, GuardError
 from autoexp_mcp.ledger import EXPERIMENTS_JSONL
 from autoexp_mcp.verify import verify
@@ -117,11 +118,20 @@ def serve() -> Iterator[Callable[..., HttpServer]]:
 
 
 @asynccontextmanager
-async def connect(server: HttpServer, *, mode: str = "auto", token: str | None = None) -> AsyncIterator[Client]:
-    """The SDK's Streamable HTTP client, sending the server's token (or `token`)."""
-    headers = {"Authorization": f"Bearer {server.token if token is None else token}"}
+async def connect(
+    server: HttpServer,
+    *,
+    mode: str = "auto",
+    token: str | None = None,
+    url: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[Client]:
+    """The SDK's Streamable HTTP client, sending the server's token (or `token`, or `headers`)."""
+    if headers is None:
+        headers = {"Authorization": f"Bearer {server.token if token is None else token}"}
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(HTTP_S, read=300)) as http:
-        async with Client(streamable_http_client(server.url, http_client=http), mode=mode) as c:  # type: ignore[arg-type]
+        transport = streamable_http_client(url or server.url, http_client=http)
+        async with Client(transport, mode=mode) as c:
             yield c
 
 
@@ -277,7 +287,12 @@ async def test_the_whole_loop_runs_over_http(make_repo: MakeRepo, serve: Callabl
     repo = make_repo(value="1")
     server = serve(repo)
     assert stat_mode(token_path()) == 0o600 and not token_path().is_relative_to(repo)
-    async with connect(server) as c:
+    # Connect as `install --client claude-code --http URL` says, with the variable set as its notes say.
+    snip = snippet("claude-code", repo=repo, exe=Path("unused"), home=repo.parent, url=server.url, environ={})
+    entry = json.loads(snip.text)["mcpServers"]["autoexp"]
+    variable = f"${{{httpauth.TOKEN_ENV}}}"  # what Claude Code expands from its environment
+    headers = {k: v.replace(variable, server.token) for k, v in entry["headers"].items()}
+    async with connect(server, url=entry["url"], headers=headers) as c:
         assert {t.name for t in (await c.list_tools()).tools} >= {"run_eval", "decide", "log_result"}
         assert (await eval_to_end(c))["status"] == "done"
         assert (await call(c, "decide"))["status"] == "keep"
