@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -534,3 +535,15 @@ async def test_kill_9_mid_eval_leaves_a_state_the_next_server_makes_consistent(
         await call(c, "commit", description="two")
         assert (await eval_to_end(c))["metrics"] == {"score": 2.0}
     assert verify(repo) == []
+
+
+def test_the_readme_lists_the_conformance_scenarios_ci_runs() -> None:
+    root = Path(__file__).resolve().parent.parent
+    script = (root / ".ci" / "conformance").read_text()
+    listed = script[script.index("SCENARIOS=(") : script.index(")", script.index("SCENARIOS=("))]
+    ci = set(listed.removeprefix("SCENARIOS=(").split())
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### Conformance") :]
+    table = section[section.index("| scenario |") : section.index("\n\n", section.index("| scenario |"))]
+    documented = set(re.findall(r"`([a-z0-9-]+)`", table))
+    assert ci == documented and len(ci) == 8
