@@ -25,7 +25,8 @@ from conftest import git
 
 CALL_TIMEOUT_S = 60.0  # the slowest example eval (etl) takes about 2.5 s here
 EXAMPLES_DIR = asset_dir("examples")
-EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.iterdir() if (p / "autoexp.toml").is_file())
+# meta runs a whole inner autoexp loop per eval (about 20 s): tests/test_meta.py plays it, marked slow.
+EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.iterdir() if (p / "autoexp.toml").is_file() and p.name != "meta")
 # Timing-based examples: only moves whose effect dwarfs the timing noise are played.
 BIG_MOVES_ONLY = {"sql"}
 

@@ -41,6 +41,8 @@ def _repo(args: argparse.Namespace) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.http is None and (args.token_file or args.no_token or args.allow_host or args.allow_origin):
+        raise ConfigError("--token-file, --no-token, --allow-host and --allow-origin go with --http [HOST:]PORT")
     import anyio
 
     from .server import Opener, build_server
@@ -68,8 +70,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     opener = Opener(open_experiment)
     if args.http is not None:
         return _serve_http(args, opener)
-    if args.token_file or args.no_token or args.allow_host or args.allow_origin:
-        raise ConfigError("--token-file, --no-token, --allow-host and --allow-origin go with --http [HOST:]PORT")
 
     def on_term(signum: int, _frame: object) -> None:
         # Kill the eval's process group before going: the default handler would skip cleanup.
@@ -430,6 +430,21 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .agent import drive, load_strategy, serve_params
+
+    repo = _repo(args)
+    strategy = load_strategy(args.strategy, seed=args.seed)
+    print(f"agent: {strategy.search} search, seed {strategy.seed}, on {repo}")
+    report = anyio.run(lambda: drive(serve_params(repo, args.from_commit), strategy, max_experiments=args.experiments))
+    counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
+    best = " ".join(f"{k}={v:.6g}" for k, v in (report.best or {}).items() if v is not None) or "none kept"
+    print(f"stopped: {report.stopped}\n{report.experiments} experiments ({counts}); best: {best}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -536,6 +551,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="connect to a server started with `serve --http` at URL (the token comes from $AUTOEXP_HTTP_TOKEN)",
     )
     p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("agent", help="run the built-in agent (no model): coordinate or random search over numbers")
+    _repo_arg(p)
+    p.add_argument(
+        "--strategy",
+        default=None,
+        help="coordinate (default), random, or a strategy file (YAML, TOML or JSON: search, seed, step, keys, bounds …)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="the random seed (overrides the strategy file's)")
+    p.add_argument(
+        "--experiments", type=int, default=None, help="stop after this many experiments (default: the server's budget)"
+    )
+    p.add_argument("--from", dest="from_commit", default=None, help="start a new tag from this commit (serve --from)")
+    p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("demo", help="run the regex example with a scripted agent over real MCP")
     p.add_argument("--experiments", type=int, default=12, help="how many experiments after the baseline")
