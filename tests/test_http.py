@@ -463,6 +463,30 @@ async def test_a_server_without_a_token_on_loopback_answers_anyone_local(
         assert (await call(c, "budget_status"))["next"] == "run_eval"
 
 
+def test_a_token_file_wins_over_the_variable_and_a_proxy_name_is_accepted(
+    make_repo: MakeRepo, serve: Callable[..., HttpServer], tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("token-from-the-file-0123456789\n")
+    token_file.chmod(0o600)
+    env = {httpauth.TOKEN_ENV: "token-from-the-variable-0123456789"}
+    server = serve(make_repo(), "--token-file", str(token_file), "--allow-host", "gpu.example.com", env=env)
+    port = server.url.split(":")[2].split("/")[0]
+    assert post(server, INIT, {"Authorization": "Bearer token-from-the-variable-0123456789"}).status_code == 401
+    auth = {"Authorization": "Bearer token-from-the-file-0123456789"}
+    assert post(server, INIT, {**auth, "Host": "gpu.example.com"}).status_code == 200
+    assert post(server, INIT, {**auth, "Host": f"cpu.example.com:{port}"}).status_code == 421
+    ep = httpserve.read_endpoint(server.repo)
+    assert ep is not None and ep.token == f"--token-file {token_file}"
+
+
+def test_http_options_without_http_are_refused(make_repo: MakeRepo, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = make_repo()
+    assert cli_main(["serve", "--repo", str(repo), "--no-token"]) == 2
+    assert "go with --http" in capsys.readouterr().err
+    assert not (repo / ".autoexp").exists(), "refused before anything opened"
+
+
 # --- stopping: SIGTERM and kill -9 mid-eval ------------------------------------------------------------
 
 
