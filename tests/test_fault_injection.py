@@ -245,7 +245,7 @@ class FaultInjector:
             self.check_measured(res)
         if tool == "log_result":
             self.logged += 1
-            assert res["row"]["experiment"] == self.logged
+            assert res["experiment"] == self.logged
         return res
 
     def kill_at(self, tool: str, when: str, experiment: int, value: str, runs_before: int) -> bool:

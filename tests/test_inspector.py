@@ -32,7 +32,7 @@ CALL_TIMEOUT_S = 60.0  # two node processes + a fresh server + the call: 4-7 s h
 TEST_TIMEOUT_S = 600  # the loop test makes 16 Inspector calls, plus a first download
 # Read before the fixtures pin HOME to a temp dir, so runs share one npm cache.
 NPM_CACHE = os.environ.get("NPM_CONFIG_CACHE") or str(Path.home() / ".npm")
-TOOLS = {"read_target", "write_target", "commit", "run_eval", "decide", "log_result", "budget_status"}
+TOOLS = {"experiment", "read_target", "write_target", "commit", "run_eval", "decide", "log_result", "budget_status"}
 
 pytestmark = [
     pytest.mark.slow,
@@ -123,8 +123,8 @@ def test_inspector_drives_baseline_and_one_experiment(regex_repo: Path, tmp_path
     baseline = ev["metrics"]["f1"]
     assert 0 < baseline < 1
     assert insp.ok("decide")["status"] == "keep"
-    row = insp.ok("log_result", notes="baseline through the Inspector")["row"]
-    assert row["experiment"] == 1 and row["description"] == "baseline"
+    logged = insp.ok("log_result", notes="baseline through the Inspector")
+    assert (logged["experiment"], logged["status"], logged["next"]) == (1, "keep", "write_target")
 
     # The first known-better move of the example, as one --tool-arg: newlines, quotes,
     # backslashes and braces arrive intact.
@@ -140,8 +140,9 @@ def test_inspector_drives_baseline_and_one_experiment(regex_repo: Path, tmp_path
     assert ev["status"] == "done" and ev["metrics"]["f1"] > baseline
     decided = insp.ok("decide")
     assert decided["status"] == "keep" and decided["commit"] == committed["commit"]
+    kept_f1 = ev["metrics"]["f1"]
     logged = insp.ok("log_result", notes="full month names", tokens_used="1200")
-    assert logged["row"]["status"] == "keep" and logged["budget"]["experiments_used"] == 2
+    assert (logged["experiment"], logged["status"]) == (2, "keep")
 
     # A small `edits` JSON value: the Inspector passes it as a string, the server decodes it.
     edits = json.dumps([{"old": "\\d{4}-\\d{2}-\\d{2}", "new": "\\d{4}/\\d{2}/\\d{2}"}])
@@ -150,15 +151,21 @@ def test_inspector_drives_baseline_and_one_experiment(regex_repo: Path, tmp_path
     assert "pattern: '\\d{4}/\\d{2}/\\d{2}'" in (regex_repo / "patterns.yaml").read_text(encoding="utf-8")
     insp.ok("commit", description="ISO dates with slashes (worse)")
     ev = insp.ok("run_eval", wait_seconds="30")
-    assert ev["metrics"]["f1"] < logged["budget"]["best"]["metrics"]["f1"]
+    assert ev["metrics"]["f1"] < kept_f1
     assert insp.ok("decide")["status"] == "discard"
     insp.ok("log_result")
+
+    # The same worse edit in one `experiment` call: its outcome passes the TypeScript client's
+    # check against the (tight) output schema, and the server has logged it.
+    out = insp.ok("experiment", edits=edits, description="ISO dates with slashes, in one call", notes="again")
+    assert (out["status"], out["experiment"], out["next"]) == ("discard", 4, "experiment")
+    assert out["margin"] < 0 and "new_best" not in out and "experiments left" in out["budget"]
 
     assert git(regex_repo, "log", "--format=%s", f"{start}..HEAD").splitlines() == [
         f"autoexp #2: {move['description']}"
     ]
     assert (regex_repo / "patterns.yaml").read_text(encoding="utf-8") == move["content"]
     rows = (regex_repo / "results.tsv").read_text(encoding="utf-8").splitlines()
-    assert [r.split("\t")[-2] for r in rows[1:]] == ["keep", "keep", "discard"]
+    assert [r.split("\t")[-2] for r in rows[1:]] == ["keep", "keep", "discard", "discard"]
     status = insp.ok("budget_status")
-    assert status["experiments_used"] == 3 and status["phase"] == "idle" and status["next"] == "write_target"
+    assert status["experiments_used"] == 4 and status["phase"] == "idle" and status["next"] == "write_target"
