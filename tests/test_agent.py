@@ -30,10 +30,12 @@ from autoexp_mcp.agent import (
     yamlish,
 )
 from autoexp_mcp.agent.numbers import Number, render
-from autoexp_mcp.config import load_config
+from autoexp_mcp.config import MetricConfig, load_config
 from autoexp_mcp.demo import make_example_repo
 from autoexp_mcp.errors import ConfigError
+from autoexp_mcp.ledger import Record
 from autoexp_mcp.loop import Experiment
+from autoexp_mcp.report.compare import comparison_table, curve
 from autoexp_mcp.server import build_server
 from conftest import git, init_repo, installed_command, server_env
 
@@ -432,3 +434,59 @@ def test_agent_command_says_why_when_the_server_cannot_open_the_repository(tmp_p
     out = run_cli(repo, timeout=60)
     assert out.returncode != 0
     assert "cannot run the experiment" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- the baseline to compare with: report --against ------------------------------------------
+
+
+def record(n: int, status: str, value: float | None, *, ts: str, wall: float = 1.0) -> Record:
+    return Record(
+        experiment=n,
+        commit=f"c{n}",
+        timestamp=ts,
+        status=status,
+        metrics={"score": value},
+        description=f"move {n}",
+        wall_time_s=wall,
+    )
+
+
+def test_comparison_curve_counts_only_kept_values_and_wall_time_since_the_start() -> None:
+    cfg_metric = MetricConfig(name="score", direction="max")
+    recs = [
+        record(1, "keep", 1.0, ts="2026-01-01T00:00:00Z", wall=2.0),
+        record(2, "discard", 9.0, ts="2026-01-01T00:00:10Z"),
+        record(3, "crash", None, ts="2026-01-01T00:00:11Z"),
+        record(4, "keep", 3.0, ts="2026-01-01T00:00:30Z"),
+    ]
+    c = curve("run", recs, cfg_metric)
+    assert c.best == (1.0, 1.0, 1.0, 3.0), "a discarded 9.0 is no best"
+    assert c.elapsed_s == (2.0, 12.0, 13.0, 32.0)
+    assert c.reached_at() == 4 and c.best_after(3) == 1.0
+    other = curve("other", [record(1, "keep", 2.0, ts="2026-01-01T00:00:00Z")], cfg_metric)
+    table = comparison_table([c, other], cfg_metric)
+    assert "| run | 4 | 1 | 3 | 1 | 4 |" in table
+    assert "At the same budget (1 experiments), **other** is ahead on score (higher is better) by +1." in table
+
+
+def test_report_against_another_tag_puts_both_runs_on_one_chart_and_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autoexp_mcp import cli
+
+    repo = make_example_repo("hparams", tmp_path / "hparams")
+    run_in_memory(repo, Strategy(), max_experiments=6)
+    git(repo, "checkout", "-q", "main")
+    (repo / "autoexp.toml").write_text((repo / "autoexp.toml").read_text().replace('tag = "hparams"', 'tag = "rnd"'))
+    git(repo, "commit", "-qam", "a second tag for the random search")
+    run_in_memory(repo, Strategy(search="random", seed=2), max_experiments=4)
+    capsys.readouterr()
+    assert cli.main(["report", "--repo", str(repo), "--against", "hparams"]) == 0
+    out = capsys.readouterr().out
+    assert "| rnd | 4 |" in out and "| hparams | 6 |" in out and "best after 4" in out
+    assert "At the same budget (4 experiments)" in out
+    md = repo / ".autoexp" / "report" / "compare-hparams.md"
+    png = md.with_suffix(".png")
+    assert md.read_text().count("| hparams | 6 |") == 1 and png.read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["report", "--repo", str(repo), "--against", "nosuch"]) != 0
+    assert "archived tags here: hparams" in capsys.readouterr().err

@@ -376,6 +376,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     repo = _repo(args)
     cfg = load_config(repo)
+    if args.against:
+        from .report.compare import write_comparison
+
+        comparison = write_comparison(repo, cfg, args.against, args.out)
+        print(comparison.table)
+        for p in (comparison.markdown, comparison.chart):
+            if p is not None:
+                print(f"wrote {p}")
+        if comparison.note:
+            print(comparison.note)
+        return 0
     paths = report.write_report(repo, cfg, args.out)
     for p in (paths.markdown, paths.chart):
         if p is not None:
@@ -524,6 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.md and progress.png")
     _repo_arg(p)
     p.add_argument("--out", type=Path, default=None, help="output directory (default .autoexp/report)")
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="TAG",
+        help="compare with another run instead: a tag archived here, or the path of another repository, lane or "
+        "experiments.jsonl (one chart and one table: best over experiments and over wall time)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("prompt", help="print the rendered agent instructions")
@@ -557,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         default=None,
-        help="coordinate (default), random, or a strategy file (YAML, TOML or JSON: search, seed, step, keys, bounds …)",
+        help="coordinate (default), random, or a strategy file (YAML, TOML or JSON: search, seed, step, keys, bounds)",
     )
     p.add_argument("--seed", type=int, default=None, help="the random seed (overrides the strategy file's)")
     p.add_argument(
