@@ -490,3 +490,15 @@ def test_report_against_another_tag_puts_both_runs_on_one_chart_and_table(
     assert md.read_text().count("| hparams | 6 |") == 1 and png.read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["report", "--repo", str(repo), "--against", "nosuch"]) != 0
     assert "archived tags here: hparams" in capsys.readouterr().err
+
+
+def test_the_readme_strategy_file_is_one_the_agent_reads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## A baseline without a model") :]
+    block = section[section.index("```yaml\n") + 8 : section.index("```", section.index("```yaml\n") + 8)]
+    f = tmp_path / "agent_strategy.yaml"
+    f.write_text(block)
+    s = load_strategy(f)
+    assert s.keys == ("max_depth", "learning_rate", "ttl_s.*") and (s.step, s.grow, s.shrink) == (0.25, 2.0, 0.5)
+    assert s.wants("ttl_s.api") and s.bounds_of("max_depth") == (1, 6)
+    assert set(Strategy.model_fields) <= set(yamlish.load(block)), "the README shows every setting"
