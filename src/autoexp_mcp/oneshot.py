@@ -122,7 +122,7 @@ class OneCall:
         data = guard.check_content(new, exp.cfg.experiment.max_target_bytes)
         st = exp.state
         base = exp.git.head() if baseline or st.incumbent is None else st.incumbent.commit
-        if data == exp.git.show_file(base, exp.cfg.experiment.target):
+        if data == exp._text_at(base).encode("utf-8"):  # cached: no git process per call
             raise GuardError(
                 "the edit leaves the target exactly as the incumbent has it: there is nothing to try. "
                 "read_target shows the current version."
