@@ -488,6 +488,13 @@ def test_report_against_another_tag_puts_both_runs_on_one_chart_and_table(
     md = repo / ".autoexp" / "report" / "compare-hparams.md"
     png = md.with_suffix(".png")
     assert md.read_text().count("| hparams | 6 |") == 1 and png.read_bytes()[:4] == b"\x89PNG"
+    lane = repo / ".autoexp" / "lanes" / "side"  # a lane's worktree keeps its ledger at its top
+    lane.mkdir(parents=True)
+    (lane / "experiments.jsonl").write_bytes(
+        (repo / ".autoexp" / "archive" / "hparams" / "experiments.jsonl").read_bytes()
+    )
+    assert cli.main(["report", "--repo", str(repo), "--against", "side"]) == 0
+    assert "| lane side | 6 |" in capsys.readouterr().out
     assert cli.main(["report", "--repo", str(repo), "--against", "nosuch"]) != 0
     assert "archived tags here: hparams" in capsys.readouterr().err
 

@@ -1,8 +1,8 @@
 """`autoexp-mcp report --against TAG`: two runs of one experiment on one chart and one table.
 
-The runs are the current tag's ledger and another one: an archived tag of this repository
-(.autoexp/archive/TAG/), or the experiments.jsonl of another repository, lane or worktree
-given by path. Each is drawn as its best objective so far, over experiments and over wall
+The runs are the current tag's ledger and another one: a lane of this repository
+(.autoexp/lanes/TAG/), an archived tag (.autoexp/archive/TAG/), or the experiments.jsonl of
+another repository or worktree given by path. Each is drawn as its best objective so far, over experiments and over wall
 time, so "model agent vs coordinate search on the same budget" is one command.
 
 Wall time is counted from the run's start by the ledger's timestamps (one-second resolution)
@@ -25,7 +25,8 @@ from .chart import CHART_DPI, ChartUnavailable
 from .fmt import cell, fmt_duration, num, signed
 from .summary import finite
 
-ARCHIVE = Path(".autoexp") / "archive"
+ARCHIVE = Path(".autoexp") / "archive"  # a tag's ledger once the repository moved to another tag
+LANES = Path(".autoexp") / "lanes"  # a lane's worktree, with its ledger at the top
 COLORS = ("#1f77b4", "#d62728")  # this run, the other
 
 
@@ -70,7 +71,7 @@ def _read_jsonl(path: Path) -> list[Record]:
 
 def find_run(repo: Path, cfg: Config, against: str) -> tuple[str, list[Record]]:
     """The label and records of the run named `against`: a path to a repository, lane or
-    experiments.jsonl, or a tag archived in this repository."""
+    experiments.jsonl, or a lane or archived tag of this repository."""
     path = Path(against).expanduser()
     if path.is_dir() and (path / EXPERIMENTS_JSONL).is_file():
         return f"{path.name} ({against})", _read_jsonl(path / EXPERIMENTS_JSONL)
@@ -78,6 +79,9 @@ def find_run(repo: Path, cfg: Config, against: str) -> tuple[str, list[Record]]:
         return against, _read_jsonl(path)
     if against == cfg.experiment.tag:
         raise ConfigError(f"--against {against}: that is the current tag; give another tag or a path to compare with")
+    lane = repo / LANES / against / EXPERIMENTS_JSONL
+    if lane.is_file():
+        return f"lane {against}", _read_jsonl(lane)
     archive = repo / ARCHIVE
     candidates = sorted(
         (d for d in archive.glob(f"{against}*") if d.name == against or d.name.startswith(f"{against}-")),
@@ -89,8 +93,8 @@ def find_run(repo: Path, cfg: Config, against: str) -> tuple[str, list[Record]]:
     tags = sorted({d.name for d in archive.iterdir() if d.is_dir()}) if archive.is_dir() else []
     known = f"archived tags here: {', '.join(tags)}" if tags else "no tag is archived in this repository"
     raise ConfigError(
-        f"--against {against}: no such tag or path ({known}). Give a tag this repository ran before, "
-        "or the path of another repository, lane or experiments.jsonl."
+        f"--against {against}: no such lane, tag or path ({known}). Give a lane or a tag this repository "
+        "ran before, or the path of another repository, lane or experiments.jsonl."
     )
 
 
