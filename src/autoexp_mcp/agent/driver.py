@@ -147,8 +147,9 @@ class Agent:
                     ) from None
 
     async def _step(self, nxt: str | None) -> None:
-        if nxt == "write_target" or (nxt == "commit" and self.incumbent is not None):
-            await self._experiment(reread=nxt == "write_target")
+        # "experiment" (the one-call tool) starts with a write too: this agent takes the steps.
+        if nxt in ("write_target", "experiment") or (nxt == "commit" and self.incumbent is not None):
+            await self._experiment(reread=nxt != "commit")
         elif nxt == "commit":  # a change written before this agent started: finish it as it is
             await self.call("commit", description="a change found written when the agent started")
             await self._finish("run_eval", None, "a change found written when the agent started")
