@@ -49,6 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .stdio import serve_stdio
 
     repo, from_commit, accept_git_config = _repo(args), args.from_commit, args.accept_git_config
+    tag, focus = args.tag, args.focus
+    if focus is not None and tag is None:
+        raise ConfigError("--focus goes with --tag NAME: it is the focus line of that lane's prompt")
     from .runner import make_undumpable
 
     make_undumpable()  # an eval of the same user cannot read our environment or memory
@@ -59,7 +62,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not repo.is_dir():
             what = "not a directory" if repo.exists() else "no such directory"
             raise GitError(f"--repo {repo}: {what}; give the path of the repository to experiment on")
-        exp = Experiment(repo, from_commit=from_commit, accept_git_config=accept_git_config)
+        if tag is not None:
+            from .lane import open_lane
+
+            exp = open_lane(repo, tag, from_commit=from_commit, focus=focus, accept_git_config=accept_git_config)
+        else:
+            exp = Experiment(repo, from_commit=from_commit, accept_git_config=accept_git_config)
         log.info("autoexp-mcp %s serving %s on branch %s", __version__, exp.root, exp.cfg.experiment.branch)
         if exp.iso.active:
             log.info("evals run %s", exp.iso.note)
@@ -409,12 +417,23 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .lane import list_lanes
     from .verify import verify
 
-    problems = verify(_repo(args))
-    if problems:
+    repo = _repo(args)
+    lanes = list_lanes(repo)
+    top = (repo / "experiments.jsonl").exists() or not lanes
+    checks: list[tuple[str, Path, str | None]] = [("", repo, None)] if top else []
+    checks += [(f"lane {info.tag}: ", info.path, info.tag) for info in lanes]
+    failed = False
+    for label, path, tag in checks:
+        problems = verify(path, tag=tag)
+        failed = failed or bool(problems)
         for p in problems:
-            print(f"FAIL: {p}")
+            print(f"FAIL: {label}{p}")
+        if not problems and label:
+            print(f"ok: {label}the ledger chain, results.tsv and every kept commit check out.")
+    if failed:
         return 1
     print("ok: the ledger chain, results.tsv and every kept commit check out.")
     return 0
@@ -477,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the MCP server (over stdio, or Streamable HTTP with --http)")
     _repo_arg(p)
     p.add_argument("--from", dest="from_commit", default=None, help="start a new tag from this commit")
+    p.add_argument(
+        "--tag",
+        default=None,
+        help="run lane NAME (overrides the config's tag) in its own worktree .autoexp/lanes/NAME on autoexp/NAME; "
+        "several lanes' servers may run at once on one repository",
+    )
+    p.add_argument("--focus", default=None, help="with --tag: one line for the lane's prompt (what to work on)")
     p.add_argument(
         "--accept-git-config",
         action="store_true",

@@ -265,6 +265,26 @@ class BudgetConfig(_Frozen):
     abort_on_consecutive_crashes: int | None = Field(3, ge=1)
 
 
+class ResourcesConfig(_Frozen):
+    """What this machine gives to evals, shared by every lane (server) on the repository."""
+
+    slots: int = Field(1, ge=1, le=256, description="evals of all lanes that may run at once on this machine")
+    gpus: tuple[str, ...] = Field((), description="device ids, one slot each, exported as CUDA_VISIBLE_DEVICES")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for d in v:
+            if not re.fullmatch(r"[A-Za-z0-9:,_-]{1,64}", d):
+                raise ValueError(f"gpus entry {d!r} must be a device id such as \"0\" or \"GPU-3f2a\"")
+        return v
+
+    @property
+    def count(self) -> int:
+        """How many slots: one per device when devices are listed, else `slots`."""
+        return len(self.gpus) or self.slots
+
+
 class StageConfig(_Frozen):
     name: str
     target: str
@@ -286,6 +306,7 @@ class Config(_Frozen):
     holdout: HoldoutConfig | None = None
     stage: tuple[StageConfig, ...] = ()
     sandbox: SandboxConfig = SandboxConfig()
+    resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -320,6 +341,7 @@ class Config(_Frozen):
             holdout=self.holdout,
             stage=self.stage,
             sandbox=self.sandbox,
+            resources=self.resources,
         )
 
     @property
@@ -402,6 +424,7 @@ ADOPTABLE = (
     "experiment.domain",
     "experiment.prompt_template",
     "sandbox",
+    "resources",
 )
 
 
@@ -432,6 +455,15 @@ def config_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
         if not generic.startswith(ADOPTABLE):
             refused.append(key)
     return changes, refused
+
+
+def with_tag(cfg: Config, tag: str) -> Config:
+    """`cfg` with another [experiment].tag (a lane's `serve --tag`), validated like the file's."""
+    try:
+        exp = ExperimentConfig.model_validate({**cfg.experiment.model_dump(), "tag": tag})
+    except ValidationError as e:
+        raise ConfigError(f"--tag {tag}: " + "; ".join(str(err["msg"]) for err in e.errors())) from None
+    return cfg.model_copy(update={"experiment": exp})
 
 
 def load_config(repo: Path) -> Config:

@@ -311,7 +311,7 @@ class Git:
 
     def ensure_excluded(self) -> None:
         """List the server's own files in .git/info/exclude so no reset or status sees them."""
-        info = Path(self.repo.git_dir) / "info"
+        info = self.common_dir / "info"  # git reads info/exclude from the common dir, also in a worktree
         info.mkdir(parents=True, exist_ok=True)
         exclude = info / "exclude"
         text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
@@ -319,6 +319,22 @@ class Git:
         if missing:
             sep = "" if not text or text.endswith("\n") else "\n"
             exclude.write_text(text + sep + "# autoexp-mcp\n" + "\n".join(missing) + "\n", encoding="utf-8")
+
+    def add_worktree(self, path: Path, branch: str, start: str | None) -> None:
+        """A new worktree at `path` on `branch`, created at `start` (a full sha) when given."""
+        where = ["-b", branch, str(path), _sha(start)] if start is not None else [str(path), branch]
+        try:
+            self._g.execute([*self._argv, "worktree", "add", "--quiet", *where])
+        except git.GitCommandError as e:
+            raise GitError(f"could not add a worktree for {branch} at {path}: {(e.stderr or '').strip()}") from None
+
+    def merge_file(self, ours: Path, base: Path, theirs: Path) -> bool:
+        """3-way merge of one file's versions into `ours` (git merge-file); False on a conflict."""
+        argv = [*self._argv, "merge-file", "--quiet", "--", str(ours), str(base), str(theirs)]
+        status, _, _ = self._g.execute(argv, with_extended_output=True, with_exceptions=False)
+        if status < 0 or status > 127:
+            raise GitError(f"git merge-file failed on {ours.name} (exit status {status})")
+        return status == 0
 
     def checkout_branch(self, branch: str, start: str | None = None) -> None:
         """Switch to `branch`, creating it at `start` (a full sha) when it does not exist."""

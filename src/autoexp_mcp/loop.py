@@ -26,7 +26,7 @@ from typing import Any
 
 from . import budget as budgetmod
 from . import guard, ledger, metrics, policy, preflight, runs
-from .config import CONFIG_FILE, Config, MetricConfig, load_config
+from .config import CONFIG_FILE, Config, MetricConfig, load_config, with_tag
 from .errors import (
     BudgetExhausted,
     EvalError,
@@ -48,6 +48,7 @@ from .models import (
     WriteResult,
 )
 from .runner import EvalProcess, RunOutcome, kill_marked
+from .slots import SlotPool
 from .state import (
     STATE_DIR,
     DecisionState,
@@ -101,6 +102,9 @@ class _Job:
         self.current_hidden = False  # the current run is the hold-out: its output never reaches a tool result
         self.last_tail = ""  # the output tail of the last visible run
         self.repeats_done = 0
+        self.slot: str | None = None  # the eval slot of the last run
+        self.slot_wait_s = 0.0  # time spent waiting for slots, apart from eval time
+        self.waiting = False
         self.started = time.monotonic()
         self.done = threading.Event()
         self.cancelled = False
@@ -145,6 +149,7 @@ class Experiment:
         *,
         from_commit: str | None = None,
         accept_git_config: bool = False,
+        tag: str | None = None,
     ) -> None:
         self.git = Git(Path(repo))
         self.root = self.git.root
@@ -152,6 +157,13 @@ class Experiment:
         # The bytes the config was read from: a restart must run with the committed config.
         self._config_bytes = config_path.read_bytes() if cfg is None and config_path.is_file() else None
         self.full_cfg = cfg if cfg is not None else load_config(self.root)
+        # A lane's tag is an override (`serve --tag`), never written to the committed config.
+        self._tag = tag
+        if tag is not None:
+            self.full_cfg = with_tag(self.full_cfg, tag)
+        self.focus: str | None = None  # a lane's focus line for the prompt (lane.py)
+        self.hidden_extra: Callable[[], list[Path]] = list  # more paths the eval must not see (other lanes)
+        self.slots = SlotPool.for_repo(self.git, self.full_cfg.resources)
         self.dir = self.root / STATE_DIR
         self.ledger = ledger.Ledger(self.root, self.full_cfg.ledger_metric_names)
         self.dir.mkdir(exist_ok=True)
@@ -334,6 +346,8 @@ class Experiment:
         from .config import config_changes, parse_config_text
 
         old = parse_config_text(self.git.show_file(expected, CONFIG_FILE).decode(), f"{CONFIG_FILE} at {expected[:12]}")
+        if self._tag is not None:
+            old = with_tag(old, self._tag)
         changes, refused = config_changes(old, self.full_cfg)
         if refused:
             best = (st.best or st.incumbent).commit
@@ -728,13 +742,15 @@ class Experiment:
             )
             if st.phase == Phase.RUNNING:
                 elapsed = job.elapsed() if job is not None else 0.0
+                waiting = "waiting for an eval slot (other lanes' evals run); its timeout starts with it. "
+                waiting = waiting if job is not None and job.waiting else ""
                 return EvalView(
                     status="running",
                     elapsed_s=round(elapsed, 1),
                     metrics={},
                     tail=job.tail() if job else "",
                     repeats_done=job.repeats_done if job else 0,
-                    reason=f"still running after {elapsed:.0f}s (timeout {self.cfg.experiment.timeout:g}s); "
+                    reason=waiting + f"still running after {elapsed:.0f}s (timeout {self.cfg.experiment.timeout:g}s); "
                     "call run_eval again to keep waiting on the same run. It stops if this server exits (as with a "
                     "client that starts one server per call)",
                     next="run_eval",
@@ -893,6 +909,8 @@ class Experiment:
                 harness=st.harness,
                 sandbox=self.iso.label,
             )
+            if r.slot is not None:
+                fields.update(slot=r.slot, slot_wait_s=r.slot_wait_s)
             if p.drift_note:
                 fields["drift"] = p.drift_note
             if st.config_note:
@@ -991,9 +1009,12 @@ class Experiment:
     def render_prompt(self, domain: str | None = None) -> str:
         from . import prompting
 
-        return prompting.render_current(
+        text = prompting.render_current(
             self.full_cfg, self.state.stage, self.ledger.tail(200), root=self.root, domain=domain
         )
+        if self.focus:
+            text += f"\n## This lane's focus\n\nOther agents work on other aspects in their own lanes. {self.focus}\n"
+        return text
 
     def last_log(self) -> Path | None:
         runs = self.dir / "runs"
@@ -1022,6 +1043,27 @@ class Experiment:
         metric_cfgs: Sequence[MetricConfig],
         holdout: bool,
     ) -> tuple[RunOutcome, metrics.Extraction]:
+        job.waiting = True
+        try:
+            with self.slots.hold(lambda: job.cancelled) as slot:
+                job.waiting = False
+                job.slot, job.slot_wait_s = slot.name, round(job.slot_wait_s + slot.waited_s, 3)
+                return self._run_in_slot(job, argv, log_name, repeat, commit, timeout, metric_cfgs, holdout, slot.env)
+        finally:
+            job.waiting = False
+
+    def _run_in_slot(
+        self,
+        job: _Job,
+        argv: Sequence[str],
+        log_name: str,
+        repeat: int,
+        commit: str,
+        timeout: float,
+        metric_cfgs: Sequence[MetricConfig],
+        holdout: bool,
+        slot_env: dict[str, str],
+    ) -> tuple[RunOutcome, metrics.Extraction]:
         p = self.state.pending
         plan = runs.RunPlan(
             root=self.root,
@@ -1036,11 +1078,12 @@ class Experiment:
                 experiment=p.experiment if p else 0,
                 commit=commit,
                 pycache=runs.SANDBOX_PYCACHE,
-            ),
+            )
+            | slot_env,
             timeout=timeout,
             run_id=job.run_id,
             metric_cfgs=metric_cfgs,
-            git_dirs=self._git_dirs,
+            git_dirs=[*self._git_dirs, *self.hidden_extra()],
             holdout=holdout,
         )
         try:
@@ -1130,7 +1173,10 @@ class Experiment:
             log_truncated=truncated,
             returncode=rc,
             tail="" if holdout else job.last_tail,
-            reason=f"measured in {elapsed:.1f}s" + (f" over {repeats} runs" if repeats > 1 else ""),
+            reason=f"measured in {elapsed:.1f}s" + (f" over {repeats} runs" if repeats > 1 else "")
+            + (f" (after {job.slot_wait_s:.1f}s waiting for an eval slot)" if job.slot_wait_s >= 0.1 else ""),
+            slot=job.slot,
+            slot_wait_s=job.slot_wait_s,
         )
 
     def _target_rewritten(self, sha: str) -> bool:

@@ -70,6 +70,8 @@ class EvalResult(_Model):
     holdout: float | None = None
     holdout_failed: bool = False
     drift_values: dict[str, list[float]] | None = None
+    slot: str | None = None  # the eval slot the (last) run held
+    slot_wait_s: float = 0.0  # waiting for slots, not counted in elapsed_s nor against the timeout
 
 
 class DecisionState(_Model):

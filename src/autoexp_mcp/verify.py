@@ -227,7 +227,7 @@ def _check_tsv(path: Path, expected_header: str, names: list[str], lines: list[_
         )
 
 
-def verify(repo: Path) -> list[str]:
+def verify(repo: Path, tag: str | None = None) -> list[str]:
     """Every problem found in the repository's ledger, one line each; empty when all is well."""
     git = Git(Path(repo))
     root = git.root
@@ -240,7 +240,7 @@ def verify(repo: Path) -> list[str]:
         problems.append(key_problem)
     lines = _read_jsonl(jsonl, problems, check_macs=key_problem is None) if jsonl.exists() else []
     _check_state(root, lines, problems)
-    _check_commits(git, cfg.experiment.tag, lines, problems)
+    _check_commits(git, tag or cfg.experiment.tag, lines, problems)
     _check_tsv(root / ledger.RESULTS_TSV, ledger.Ledger(root, names).header, names, lines, problems)
     if len(problems) > MAX_PROBLEMS:
         more = len(problems) - MAX_PROBLEMS

@@ -43,6 +43,9 @@ _CONTROL_DIRS = ("hooks", "info", "objects/info", "refs")
 # Files under objects/info that git's own maintenance rewrites; core.commitGraph=false on every
 # server git call makes the commit graph irrelevant to what the server reads.
 _MAINTENANCE = ("objects/info/packs", "objects/info/commit-graph", "objects/info/commit-graphs/")
+# Lanes' branches: other servers on this repository commit there all the time. Each lane checks
+# its own branch (HEAD against the recorded commit, kept commits by `verify`).
+_LANE_REFS = "refs/heads/autoexp/"
 _COMMON_FILES = ("config", "config.worktree", "packed-refs", "shallow")
 # Per-worktree files: a pending merge or cherry-pick changes what `git commit` records.
 _WORKTREE_FILES = ("HEAD", "config.worktree", "commondir", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
@@ -147,7 +150,7 @@ class HarnessWatch:
         for sub in _CONTROL_DIRS:
             for path in _walk(common / sub):
                 rel = path.relative_to(common).as_posix()
-                if path != own and not rel.startswith(_MAINTENANCE):
+                if path != own and not rel.startswith(_MAINTENANCE) and not rel.startswith(_LANE_REFS):
                     yield path
 
     def _read_control(self) -> Iterator[tuple[Path, _Control]]:
@@ -195,7 +198,8 @@ class HarnessWatch:
         """packed-refs' lines but the experiment branch's (which moves with every commit)."""
         if not isinstance(value, bytes):
             return {repr(value)}
-        return {ln for ln in value[:-1].decode(errors="replace").splitlines() if not ln.endswith(" " + self.branch_ref)}
+        lines = value[:-1].decode(errors="replace").splitlines()
+        return {ln for ln in lines if not ln.endswith(" " + self.branch_ref) and f" {_LANE_REFS}" not in ln}
 
     def _shown(self, path: Path) -> str:
         return os.path.relpath(path, self.root)
