@@ -59,7 +59,8 @@ async def scripted_run(c: Client, repo: Path) -> None:
         ev, d, log = await experiment(c, value)
         assert d["status"] == expected, (value, d)
         assert d.get("new_best", False) == (expected == "keep")
-        assert log == {"experiment": i, "status": expected, "budget": f"{50 - i} experiments left", "next": "write_target"}
+        left = f"{50 - i} experiments left"
+        assert log == {"experiment": i, "status": expected, "budget": left, "next": "write_target"}
         if expected == "keep":
             best = float(value)
             assert git(repo, "rev-parse", "HEAD").startswith(d["commit"])

@@ -76,6 +76,9 @@ log_result) do one step each. Full instructions: the `autoexp` prompt; past resu
 autoexp://results resource."""
 
 
+EDITS = "exact {old, new} replacements, each old found once"
+
+
 class Edit(BaseModel):
     old: str
     new: str
@@ -297,7 +300,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
         ctx: Context,
         description: Annotated[str, Field(description="the hypothesis, one line")],
         content: Annotated[str, Field(description="the whole new target")] = "",
-        edits: Annotated[list[Edit] | None, Field(description="exact {old, new} replacements, each old found once")] = None,
+        edits: Annotated[list[Edit] | None, Field(description=EDITS)] = None,
         notes: Annotated[str, Field(description="what you learned")] = "",
         tokens_used: Annotated[int, Field(ge=0)] = 0,
         cost_usd: Annotated[float | None, Field(ge=0)] = None,
@@ -349,7 +352,7 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
     @_described
     async def write_target(
         content: Annotated[str, Field(description="the whole new target")] = "",
-        edits: Annotated[list[Edit] | None, Field(description="exact {old, new} replacements, each old found once")] = None,
+        edits: Annotated[list[Edit] | None, Field(description=EDITS)] = None,
     ) -> Annotated[CallToolResult, WriteResult]:
         """Step tool: change the target by `content` or `edits`. Next: commit."""
         # `content` is typed plain `str` on purpose: the SDK would otherwise parse a target that
