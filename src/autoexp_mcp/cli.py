@@ -331,11 +331,52 @@ def _records(repo: Path):
     return cfg, list(Ledger(repo, cfg.ledger_metric_names).records())
 
 
+def cmd_status_all(repo: Path) -> int:
+    """One line per lane (and the checkout's own experiment): best, experiments, state."""
+    from .lane import LaneInfo, lane_state, list_lanes, main_root
+    from .preflight import lock_holder
+    from .state import load_state
+
+    root = main_root(repo)
+    rows: list[tuple[str, Path]] = [("(checkout)", root)] if load_state(root) is not None else []
+    lanes: list[LaneInfo] = list_lanes(root)
+    rows += [(info.tag, info.path) for info in lanes]
+    if not rows:
+        print(f"no experiment or lane in {root} yet (start one: autoexp-mcp serve --tag NAME).")
+        return 0
+    print(f"{'lane':<24} {'best':<28} {'exps':>5}  state")
+    for tag, path in rows:
+        st = lane_state(next(i for i in lanes if i.tag == tag)) if tag != "(checkout)" else load_state(path)
+        if st is None:
+            print(f"{tag:<24} {'-':<28} {0:>5}  not started")
+            continue
+        best = st.best or st.baseline
+        shown = " ".join(f"{k}={v:.6g}" for k, v in best.metrics.items()) + f" @{best.commit[:7]}" if best else "-"
+        running = "server running" if lock_holder(path) is not None else "no server"
+        print(f"{tag:<24} {shown:<28} {st.experiments:>5}  {st.phase}, {running}")
+    return 0
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from .combine import combine
+
+    tags = [t.strip() for t in args.tags.split(",") if t.strip()]
+    result = combine(_repo(args), tags, into=args.into)
+    for s in result.steps:
+        gain = f"gain {s.gain:+.6g}" if s.gain is not None else "no gain"
+        print(f"{s.tag:<24} {s.status:<10} {gain:<16} {s.reason}")
+    best = " ".join(f"{k}={v:.6g}" for k, v in (result.best or {}).items())
+    print(f"combination: lane {result.into} at {result.path} (branch autoexp/{result.into}); best {best}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from . import budget, report
     from .state import load_state
 
     repo = _repo(args)
+    if args.all:
+        return cmd_status_all(repo)
     cfg, records = _records(repo)
     st = load_state(repo)
     if st is None:
@@ -556,7 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
     _repo_arg(p)
     p.add_argument("--last", type=int, default=10, help="how many recent rows to show")
     p.add_argument("--json", action="store_true", help="print the status as one JSON object (for scripts)")
+    p.add_argument("--all", action="store_true", help="one line per lane: best, experiments, state")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("combine", help="merge lanes' best changes greedily, keeping each only if it still improves")
+    _repo_arg(p)
+    p.add_argument("--tags", required=True, help="the lanes to combine, comma-separated: a,b,c")
+    p.add_argument("--into", default="combined", help="the new lane that holds the combination (default combined)")
+    p.set_defaults(func=cmd_combine)
 
     p = sub.add_parser("report", help="write report.md and progress.png")
     _repo_arg(p)
