@@ -109,6 +109,7 @@ class RawClient:
         )
         self._next_id = 0
         self._buf = b""
+        self.err = ""
 
     def send(self, method: str, params: dict[str, Any] | None = None, notify: bool = False) -> int:
         msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params or {}}
@@ -153,7 +154,7 @@ class RawClient:
 
     def close(self) -> int:
         """Close stdin (the client leaves), wait for the exit, keep stderr; returns the exit code."""
-        if self.proc.returncode is None:
+        if self.proc.returncode is None or not self.err:
             try:  # communicate closes stdin: the client leaves
                 _, err = self.proc.communicate(timeout=WAIT_S)
             except subprocess.TimeoutExpired:
@@ -320,6 +321,7 @@ def test_a_client_that_stops_reading_ends_the_session_and_the_eval(make_repo: Ma
         assert client.proc.stdout is not None
         client.proc.stdout.close()  # the client goes away without closing our stdin
         client.send("tools/call", {"name": "budget_status", "arguments": {}})  # its answer hits a closed pipe
+        client.proc.wait(timeout=WAIT_S)  # stdin still open: only the closed pipe can end the session
     finally:
         rc = client.close()
     assert rc == 0, client.err

@@ -55,6 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .runner import make_undumpable
 
     make_undumpable()  # an eval of the same user cannot read our environment or memory
+    from .gitops import drop_inherited_git_vars
+
+    drop_inherited_git_vars()  # GIT_DIR, GIT_INDEX_FILE …: not ours to follow, and each costs an `env` per git call
 
     def open_experiment():  # in a worker thread, while the client's handshake is answered
         from .loop import Experiment

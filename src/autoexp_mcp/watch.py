@@ -114,7 +114,7 @@ class HarnessWatch:
         self._dir_ids: dict[Path, tuple[int, int]] = {}
         self._trees: dict[str, _Tree] = {}
         self._seen: dict[str, _Seen] = {}
-        self._index_key: StatKey | None = None
+        self._index_key: bytes | None = None
         self._index_commit: str | None = None
         self._filemode: bool | None = None
 
@@ -230,9 +230,10 @@ class HarnessWatch:
     # --- the index -----------------------------------------------------------------------
 
     def _index_changes(self, commit: str, tree: _Tree, target: str, restore: bool) -> list[str]:
-        index = self.git.git_dir / "index"
+        # Keyed by the index's content, not its stat: a rewrite within the same clock tick
+        # cannot hide, and a quick loop need not wait out the racy-stat window.
         try:
-            key: StatKey | None = _stat_key(os.lstat(index))
+            key: bytes | None = hashlib.sha256((self.git.git_dir / "index").read_bytes()).digest()
         except OSError:
             key = None
         if key is not None and key == self._index_key and commit == self._index_commit:
@@ -261,7 +262,7 @@ class HarnessWatch:
         if problems and restore:
             self.git.clear_index_flags(sorted(set(flagged)))
             self.git.reset_paths(commit, sorted(set(reset + missing)))
-        if not problems and key is not None and time.time_ns() - key[3] > _RACY_NS:
+        if not problems and key is not None:
             self._index_key, self._index_commit = key, commit
         else:
             self._index_key = None
