@@ -233,3 +233,19 @@ def test_a_run_waits_for_a_busy_slot_and_gets_its_device(tmp_path: Path) -> None
             pass
     with other.hold() as second:
         assert second.index == 0 and second.waited_s < 1
+
+
+def test_sandboxed_lanes_run_and_an_eval_cannot_write_another_lane(make_repo: MakeRepo) -> None:
+    repo = make_repo()  # the default sandbox: bubblewrap where it runs
+    a = lane.open_lane(repo, "a")
+    b = lane.open_lane(repo, "b")
+    try:
+        baseline(a)
+        baseline(b)
+        assert play(a, "5") == ("done", "keep")
+        status, decision = play(b, "touch ../a/value.txt")
+        assert (status, decision) == ("crash", "crash") if a.iso.active else decision in ("keep", "discard", "crash")
+        assert (a.root / "value.txt").read_text() == "5\n" or not a.iso.active
+    finally:
+        a.close()
+        b.close()

@@ -178,7 +178,9 @@ class Experiment:
         self._lockfile: int | None = self._acquire_lock()
         # The eval must not see git's own files: the repository's .git (a directory, or a file
         # in a worktree) and the directories it points at.
-        self._git_dirs = sorted({self.root / ".git", self.git.git_dir, self.git.common_dir})
+        # In a lane's worktree its git dir is inside the common one: hiding that hides both.
+        dirs = {self.root / ".git", self.git.git_dir, self.git.common_dir}
+        self._git_dirs = sorted(d for d in dirs if not any(d != o and d.is_relative_to(o) for o in dirs))
         try:
             self.iso = runs.isolation(self.full_cfg.sandbox)
             self._check_git_code_config(accept_git_config)
