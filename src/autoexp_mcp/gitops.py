@@ -53,6 +53,7 @@ SAFE_CONFIG = (
 # GitPython's own switches, which git never reads. Every other GIT_* variable is dropped.
 _KEEP_VARS = frozenset(_FALLBACK_IDENTITY) | {"EMAIL"}
 _ENV_BIN = shutil.which("env") or "/usr/bin/env"
+TREES_CACHED = 4  # recorded commits whose tree listing is kept (the incumbent, the candidate, …)
 
 
 def _sha(value: str) -> str:
@@ -140,6 +141,7 @@ class Git:
         self.git_dir = Path(self.repo.git_dir).resolve()
         self.common_dir = Path(self.repo.common_dir).resolve()
         self._g = self.repo.git
+        self._trees: dict[str, tuple[TreeEntry, ...]] = {}
         # Read once, before any eval has run: later the user's global config is not read at all.
         self._identity_env = self._identity()
         options = [*SAFE_CONFIG, f"safe.directory={self.root}"]
@@ -245,10 +247,6 @@ class Git:
     def is_tracked(self, path: str) -> bool:
         return bool(str(self._g.ls_files("--error-unmatch", "--", path, with_exceptions=False)).strip())
 
-    def tree_listing(self, sha: str) -> str:
-        """`git ls-tree -r` of a recorded commit: one line per tracked file (mode, type, object, path)."""
-        return str(self._g.ls_tree("-r", "--full-tree", _sha(sha)))
-
     def is_ancestor(self, older: str, newer: str) -> bool:
         """Whether recorded commit `older` is an ancestor of (or is) `newer`."""
         try:
@@ -267,8 +265,16 @@ class Git:
         """Every path in the index, repo-relative."""
         return [p for p in str(self._g.ls_files("-z")).split("\0") if p]
 
-    def tree_entries(self, sha: str) -> list[TreeEntry]:
-        """Every file of a recorded commit's tree (recursive), read from the object store."""
+    def tree_listing(self, sha: str) -> str:
+        """`git ls-tree -r` of a recorded commit: one line per tracked file (mode, type, object, path)."""
+        return str(self._g.ls_tree("-r", "--full-tree", _sha(sha)))
+
+    def tree_entries(self, sha: str) -> tuple[TreeEntry, ...]:
+        """Every file of a recorded commit's tree (recursive), read from the object store once
+        (a commit never changes: the last few are kept for the watch and the harness hash)."""
+        cached = self._trees.get(sha)
+        if cached is not None:
+            return cached
         out = self._g.ls_tree("-r", "-z", "--full-tree", _sha(sha), strip_newline_in_stdout=False)
         entries = []
         for record in str(out).split("\0"):
@@ -276,7 +282,10 @@ class Git:
                 meta, path = record.split("\t", 1)
                 mode, kind, obj = meta.split(" ")
                 entries.append(TreeEntry(mode, kind, obj, path))
-        return entries
+        if len(self._trees) >= TREES_CACHED:
+            self._trees.pop(next(iter(self._trees)))
+        self._trees[sha] = tuple(entries)
+        return self._trees[sha]
 
     def index_entries(self) -> list[IndexEntry]:
         """Every index entry with its flags (`git ls-files -s -t -v`): read, never refreshed."""

@@ -24,7 +24,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +78,7 @@ class _Tree:
     dirs: frozenset[str]
 
     @classmethod
-    def of(cls, entries: list[TreeEntry]) -> _Tree:
+    def of(cls, entries: Sequence[TreeEntry]) -> _Tree:
         files = {e.path: e for e in entries if e.kind == "blob"}
         dirs: set[str] = set()
         for rel in files:
