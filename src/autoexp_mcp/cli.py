@@ -428,6 +428,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     repo = _repo(args)
     cfg = load_config(repo)
+    if args.against and args.lanes:
+        raise ConfigError("give --against TAG or --lanes, not both: one compares two runs, the other every lane")
     if args.against:
         from .report.compare import write_comparison
 
@@ -439,12 +441,38 @@ def cmd_report(args: argparse.Namespace) -> int:
         if comparison.note:
             print(comparison.note)
         return 0
+    if args.lanes:
+        return _report_lanes(repo, args.out)
     paths = report.write_report(repo, cfg, args.out)
     for p in (paths.markdown, paths.chart):
         if p is not None:
             print(f"wrote {p}")
     if paths.chart is None and paths.note:
         print(paths.note)
+    from .lane import list_lanes
+
+    if list_lanes(repo):  # the main checkout (a lane's worktree has no lanes under it): its lanes too
+        try:
+            return _report_lanes(repo, args.out)
+        except ConfigError as e:  # no lane has logged yet: the checkout's own report stands
+            print(f"no lanes report: {e}")
+    return 0
+
+
+def _report_lanes(repo: Path, out: Path | None) -> int:
+    """lanes.md and lanes.png for every lane of the repository (from any of its checkouts)."""
+    from .config import load_config
+    from .lane import main_root
+    from .report.lanes import write_lanes_report
+
+    root = main_root(repo)
+    lanes = write_lanes_report(root, load_config(root), out)
+    print(lanes.table)
+    for p in (lanes.markdown, lanes.chart):
+        if p is not None:
+            print(f"wrote {p}")
+    if lanes.note:
+        print(lanes.note)
     return 0
 
 
@@ -609,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into", default="combined", help="the new lane that holds the combination (default combined)")
     p.set_defaults(func=cmd_combine)
 
-    p = sub.add_parser("report", help="write report.md and progress.png")
+    p = sub.add_parser("report", help="write report.md and progress.png (and lanes.md, lanes.png when there are lanes)")
     _repo_arg(p)
     p.add_argument("--out", type=Path, default=None, help="output directory (default .autoexp/report)")
     p.add_argument(
@@ -618,6 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TAG",
         help="compare with another run instead: a tag archived here, or the path of another repository, lane or "
         "experiments.jsonl (one chart and one table: best over experiments and over wall time)",
+    )
+    p.add_argument(
+        "--lanes",
+        action="store_true",
+        help="only lanes.md and lanes.png: every lane's best so far on one chart, combinations marked "
+        "(the main checkout's plain report writes them too when it has lanes)",
     )
     p.set_defaults(func=cmd_report)
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, MetricConfig
 from ..errors import ConfigError
@@ -24,6 +25,11 @@ from ..ledger import EXPERIMENTS_JSONL, KEPT_STATUSES, Ledger, Record
 from .chart import CHART_DPI, ChartUnavailable
 from .fmt import cell, fmt_duration, num, signed
 from .summary import finite
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
 ARCHIVE = Path(".autoexp") / "archive"  # a tag's ledger once the repository moved to another tag
 LANES = Path(".autoexp") / "lanes"  # a lane's worktree, with its ledger at the top
@@ -163,41 +169,58 @@ def comparison_table(curves: Sequence[Curve], m: MetricConfig) -> str:
     return "\n".join([*rows, "", verdict])
 
 
-def render_comparison_chart(curves: Sequence[Curve], m: MetricConfig, title: str, out: Path) -> Path:
-    """Best-so-far over experiments (left) and over wall time (right), one line per run."""
+def new_figure(width_in: float, height_in: float) -> Figure:
+    """A constrained-layout Figure, or ChartUnavailable with the install hint."""
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
         from .chart import CHART_INSTALL
 
         raise ChartUnavailable(f"matplotlib is not installed ({e}). Install it with: {CHART_INSTALL}") from None
-    if not any(any(v is not None for v in c.best) for c in curves):
-        raise ChartUnavailable(f"no kept {m.name} in either run: nothing to plot")
-    fig = Figure(figsize=(12.0, 4.6), dpi=CHART_DPI, layout="constrained")
-    by_n, by_t = fig.subplots(1, 2)
-    minutes = max((c.elapsed_s[-1] for c in curves if c.elapsed_s), default=0) > 180
-    for c, color in zip(curves, COLORS, strict=False):
-        xs = [i + 1 for i, v in enumerate(c.best) if v is not None]
-        ys = [v for v in c.best if v is not None]
-        ts = [t / 60 if minutes else t for t, v in zip(c.elapsed_s, c.best, strict=True) if v is not None]
-        by_n.step(xs, ys, where="post", color=color, label=c.label, linewidth=1.8)
-        by_t.step(ts, ys, where="post", color=color, label=c.label, linewidth=1.8)
-        by_n.plot(xs[-1:], ys[-1:], "o", color=color)
-        by_t.plot(ts[-1:], ys[-1:], "o", color=color)
-    n = min(len(c.records) for c in curves)
-    by_n.axvline(n, color="0.6", linestyle=":", linewidth=1, label=f"same budget: {n}")
-    by_n.set_xlabel("experiment")
-    by_t.set_xlabel("wall time since the start (" + ("min" if minutes else "s") + ")")
-    for ax in (by_n, by_t):
-        ax.set_ylabel(f"best {m.name} ({'higher' if m.direction == 'max' else 'lower'} is better)")
-        ax.grid(alpha=0.3)
-    fig.legend(*by_n.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9, frameon=False)
-    fig.suptitle(title, fontsize=12)
+    return Figure(figsize=(width_in, height_in), dpi=CHART_DPI, layout="constrained")
+
+
+def plot_best(ax: Axes, c: Curve, xs: Sequence[float], **style: Any) -> Line2D:
+    """`c`'s best so far as a step line over `xs` (one x per experiment), a dot at its end."""
+    pts = [(x, v) for x, v in zip(xs, c.best, strict=True) if v is not None]
+    (line,) = ax.step([x for x, _ in pts], [v for _, v in pts], where="post", label=c.label,
+                      **{"linewidth": 1.8, **style})  # fmt: skip
+    ax.plot([x for x, _ in pts[-1:]], [v for _, v in pts[-1:]], "o", color=line.get_color(), zorder=line.get_zorder())
+    return line
+
+
+def best_label(m: MetricConfig) -> str:
+    return f"best {m.name} ({'higher' if m.direction == 'max' else 'lower'} is better)"
+
+
+def save_png(fig: Figure, out: Path) -> Path:
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=CHART_DPI)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_file(out, png.getvalue())
     return out
+
+
+def render_comparison_chart(curves: Sequence[Curve], m: MetricConfig, title: str, out: Path) -> Path:
+    """Best-so-far over experiments (left) and over wall time (right), one line per run."""
+    fig = new_figure(12.0, 4.6)
+    if not any(any(v is not None for v in c.best) for c in curves):
+        raise ChartUnavailable(f"no kept {m.name} in either run: nothing to plot")
+    by_n, by_t = fig.subplots(1, 2)
+    minutes = max((c.elapsed_s[-1] for c in curves if c.elapsed_s), default=0) > 180
+    for c, color in zip(curves, COLORS, strict=False):
+        plot_best(by_n, c, range(1, len(c.best) + 1), color=color)
+        plot_best(by_t, c, [t / 60 if minutes else t for t in c.elapsed_s], color=color)
+    n = min(len(c.records) for c in curves)
+    by_n.axvline(n, color="0.6", linestyle=":", linewidth=1, label=f"same budget: {n}")
+    by_n.set_xlabel("experiment")
+    by_t.set_xlabel("wall time since the start (" + ("min" if minutes else "s") + ")")
+    for ax in (by_n, by_t):
+        ax.set_ylabel(best_label(m))
+        ax.grid(alpha=0.3)
+    fig.legend(*by_n.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=12)
+    return save_png(fig, out)
 
 
 def write_comparison(repo: Path, cfg: Config, against: str, out_dir: Path | None = None) -> Comparison:
