@@ -84,6 +84,20 @@ class Edit(BaseModel):
     new: str
 
 
+class CombineStep(BaseModel):
+    tag: str
+    status: str  # kept | discarded | conflict | skipped | crash
+    gain: float | None = None  # the lane's own gain over its baseline
+    reason: str
+
+
+class Combined(BaseModel):
+    into: str
+    steps: list[CombineStep]
+    best: dict[str, float] | None = None
+    commit: str | None = None
+
+
 def tight_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A JSON schema without what only costs the agent's context: titles, defaults (`required`
     says what may be left out), `null` alternatives (results leave such fields out, and so may
@@ -451,6 +465,48 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
                 return budget(b, last=line, next_tool=one.next_tool(b.next))
 
         return _wire(await _drive(op))
+
+    @mcp.tool(title="Combine lanes", annotations=ToolAnnotations(destructive_hint=False))
+    @_described
+    async def combine(ctx: Context, tags: list[str], into: str = "combined") -> Annotated[CallToolResult, Combined]:
+        """Merge lanes' best changes into a new lane, each kept only if it still improves."""
+        from .combine import combine as combine_lanes
+
+        def op(exp: Experiment) -> Combined:
+            if into == exp.cfg.experiment.tag:
+                raise AutoexpError(f"`into` {into} is this server's own experiment: give a new lane name")
+            try:
+                c = combine_lanes(exp.root, tags, into)
+            except AutoexpError:
+                raise
+            except Exception as e:  # git or the file system: still a message the agent can read
+                log.exception("combine failed")
+                raise AutoexpError(
+                    f"combine failed: {type(e).__name__}: {e}. Check the lanes (`autoexp-mcp status --all`) "
+                    "and try again with another `into`."
+                ) from e
+            steps = [CombineStep(tag=x.tag, status=x.status, gain=x.gain, reason=x.reason) for x in c.steps]
+            return Combined(into=c.into, steps=steps, best=c.best, commit=(c.best_commit or "")[:12] or None)
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+
+            async def tick() -> None:  # combine runs an eval per lane: keep the client's wait alive
+                while True:
+                    elapsed = time.monotonic() - started
+                    await ctx.report_progress(elapsed, None, f"combining {len(tags)} lanes for {elapsed:.0f}s")
+                    await anyio.sleep(PROGRESS_EVERY_S)
+
+            tg.start_soon(tick)
+            try:
+                out: Combined | ToolError = await _call(op, abandon_on_cancel=True)
+            except ToolError as e:  # raised out of the task group it would come wrapped in a group
+                out = e
+            finally:
+                tg.cancel_scope.cancel()
+        if isinstance(out, ToolError):
+            raise out
+        return _wire(out)
 
     @mcp.prompt(name="autoexp", title="Autonomous experiment loop")
     @_described
