@@ -22,7 +22,7 @@ from typing import Any
 
 from common import TARGET, Values, config_text, make_repo, pin_environment, workdir
 
-from autoexp_mcp import gitops, guard, ledger, loop, metrics, runner, state
+from autoexp_mcp import gitops, guard, ledger, loop, metrics, opening, runner, state
 
 _lock = threading.Lock()
 _calls: dict[str, int] = defaultdict(int)
@@ -69,7 +69,7 @@ def instrument() -> None:
     # The sweeps after each eval run, called through the runner module's globals.
     for name in ("kill_marked", "kill_pipe_holders", "reap_leftovers"):
         setattr(runner, name, _timed(f"runner.{name}", getattr(runner, name)))
-    loop.kill_marked = runner.kill_marked
+    opening.kill_marked = runner.kill_marked  # opening imported the name (the restart sweep)
     methods = [
         (ledger.Ledger, "append", "ledger.append"),
         (guard.Protected, "violations", "guard.Protected.violations"),

@@ -1,41 +1,34 @@
-"""The Experiment: the seven operations of the loop as plain methods (no MCP).
+"""The Experiment: the phase machine, with the seven operations of the loop as plain methods
+(no MCP).
 
 Every operation checks the phase, does its work, and persists the new state before it
 returns. Git and ledger actions are ordered so that a process killed at any point comes
 back consistent (see `_recover`). All methods are thread-safe; the eval itself runs in a
 background thread owned by the Experiment, so it outlives any one tool call.
+
+Opening the lane (lock, tag files, branch, state, recovery) is opening.py's; running the
+evals (the job, repeats, drift, hold-out) is measure.py's, reached through a small interface.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
-import functools
-import hashlib
 import logging
 import math
 import os
-import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import budget as budgetmod
-from . import guard, ledger, metrics, policy, preflight, runs
-from .config import CONFIG_FILE, Config, MetricConfig, load_config, with_tag
-from .errors import (
-    BudgetExhausted,
-    EvalError,
-    GuardError,
-    IntegrityError,
-    LockError,
-    OrderError,
-)
+from . import guard, ledger, measure, opening, policy, preflight, runs
+from .config import CONFIG_FILE, Config, load_config, with_tag
+from .errors import BudgetExhausted, GuardError, IntegrityError, OrderError
 from .gitops import Git
+from .measure import Job
 from .models import (
     Best,
     BudgetStatus,
@@ -47,27 +40,14 @@ from .models import (
     TargetView,
     WriteResult,
 )
-from .runner import EvalProcess, RunOutcome, kill_marked
 from .slots import SlotPool
-from .state import (
-    STATE_DIR,
-    DecisionState,
-    EvalResult,
-    Pending,
-    Phase,
-    Point,
-    State,
-    load_state,
-    save_state,
-)
+from .state import STATE_DIR, DecisionState, EvalResult, Pending, Phase, Point, save_state
 from .watch import HarnessWatch, code_config_digest
 
 log = logging.getLogger("autoexp_mcp")
 
-TAIL_BYTES = 1500  # output tail returned to the agent: enough to see an error, small for the context
 MAX_DESCRIPTION = 500
 MAX_NOTES = 2000
-ARCHIVE_DIR = "archive"
 MAX_COST_USD = 1e6  # per log_result call: anything larger is a mistake, and sums must stay finite
 MAX_TOKENS = 10**12
 
@@ -91,54 +71,7 @@ def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _Job:
-    """One experiment's eval run(s) in a background thread."""
-
-    def __init__(self, exp: Experiment, run: int) -> None:
-        self.exp = exp
-        self.run = run
-        self.run_id = f"{uuid.uuid4().hex[:12]}-{run}"
-        self.current: EvalProcess | None = None
-        self.current_hidden = False  # the current run is the hold-out: its output never reaches a tool result
-        self.last_tail = ""  # the output tail of the last visible run
-        self.repeats_done = 0
-        self.slot: str | None = None  # the eval slot of the last run
-        self.slot_wait_s = 0.0  # time spent waiting for slots, apart from eval time
-        self.waiting = False
-        self.started = time.monotonic()
-        self.done = threading.Event()
-        self.cancelled = False
-        self.thread = threading.Thread(target=self._main, name=f"autoexp-run-{run}", daemon=True)
-
-    def _main(self) -> None:
-        try:
-            result = self.exp._execute(self)
-        except Exception as e:  # a bug must not leave the loop stuck in RUNNING
-            log.exception("eval run %s failed inside the server", self.run)
-            result = EvalResult(status="crash", reason=f"internal error in the server: {e}")
-        try:
-            if not self.cancelled:
-                self.exp._finish_run(self, result)
-                self.exp._run_ended(self)
-        finally:
-            self.done.set()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def tail(self) -> str:
-        proc = self.current
-        if proc is None:
-            return ""
-        if self.current_hidden:
-            return self.last_tail + "\n[autoexp: the hold-out check is running; its output is not shown]"
-        return proc.tail(TAIL_BYTES)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        proc = self.current
-        if proc is not None:
-            proc.kill()
+_Job = Job  # the name server.py and oneshot.py know the running eval by
 
 
 class Experiment:
@@ -175,7 +108,7 @@ class Experiment:
         self._text_cache: dict[str, str] = {}
         self._watch: HarnessWatch | None = None  # made at the first check, before any eval of this server
         self._harness_ok: set[tuple[str, str]] = set()  # (commit, harness) pairs whose tree was verified
-        self._lockfile: int | None = self._acquire_lock()
+        self._lockfile: int | None = opening.acquire_lock(self.dir, self.root)
         # The eval must not see git's own files: the repository's .git (a directory, or a file
         # in a worktree) and the directories it points at.
         # In a lane's worktree its git dir is inside the common one: hiding that hides both.
@@ -183,12 +116,21 @@ class Experiment:
         self._git_dirs = sorted(d for d in dirs if not any(d != o and d.is_relative_to(o) for o in dirs))
         try:
             self.iso = runs.isolation(self.full_cfg.sandbox)
-            self._check_git_code_config(accept_git_config)
+            self.evaluator = measure.Evaluator(
+                root=self.root,
+                iso=self.iso,
+                slots=self.slots,
+                lock=self._lock,
+                integrity=self._integrity,
+                restore_target=self._target_rewritten,
+                hidden=lambda: [*self._git_dirs, *self.hidden_extra()],
+            )
+            opening.check_git_code_config(self.git, self.root, self.full_cfg.experiment.tag, accept_git_config)
             self.git.ensure_excluded()
-            self._switch_tag_files()
-            self.state = self._open(from_commit)
-            self._adopt_user_commits()
-            self._check_config_committed()
+            opening.switch_tag_files(self.root, self.dir, self.full_cfg.experiment.tag)
+            self.state = opening.open_state(self.git, self.full_cfg, self.ledger, from_commit)
+            opening.adopt_user_commits(self.git, self.state, self.full_cfg, self._tag, self._save)
+            opening.check_config_committed(self.git, self.state, self._config_bytes, self.full_cfg.experiment.branch)
             targets = {self.full_cfg.for_stage(i).experiment.target for i in range(max(1, len(self.full_cfg.stage)))}
             self.protected = guard.Protected(
                 self.root, self.cfg.experiment.protect, self.dir / "protect.json", exclude=sorted(targets)
@@ -209,98 +151,8 @@ class Experiment:
     def cfg(self) -> Config:
         return self.full_cfg.for_stage(self.state.stage if hasattr(self, "state") else 0)
 
-    def _acquire_lock(self) -> int:
-        path = self.dir / "lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LockError(
-                f"another autoexp-mcp server (pid {holder}) is running the experiment in {self.root}. "
-                "Stop it first; only one server may drive a repository at a time."
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
-
-    def _switch_tag_files(self) -> None:
-        """On a new tag, archive the previous tag's state, logs and ledger (and bring back this
-        tag's, if it ran before), so the files at the top always belong to the current tag."""
-        old = load_state(self.root)
-        tag = self.full_cfg.experiment.tag
-        if old is None or old.tag == tag:
-            return
-        movable = [self.dir / "state.json", self.dir / "runs", self.dir / "protect.json"]
-        movable += [self.root / ledger.RESULTS_TSV, self.root / ledger.EXPERIMENTS_JSONL]
-        dest = self.dir / ARCHIVE_DIR / old.tag
-        if dest.exists():
-            dest = dest.with_name(f"{old.tag}-{int(time.time())}")
-        dest.mkdir(parents=True)
-        for p in movable:
-            if p.exists():
-                shutil.move(str(p), str(dest / p.name))
-        back = self.dir / ARCHIVE_DIR / tag
-        if back.is_dir():
-            for p in back.iterdir():
-                where = self.root if p.name in (ledger.RESULTS_TSV, ledger.EXPERIMENTS_JSONL) else self.dir
-                shutil.move(str(p), str(where / p.name))
-            back.rmdir()
-        log.warning("experiment tag changed from %s to %s; the old files are in %s", old.tag, tag, dest)
-
-    def _open(self, from_commit: str | None) -> State:
-        exp = self.full_cfg.experiment
-        state = load_state(self.root)
-        branch = exp.branch
-        if from_commit is not None and (state is not None or self.git.branch_exists(branch)):
-            raise GuardError(f"branch {branch} already exists; --from only applies to a new tag.")
-        if state is not None and self.git.current_branch() != branch:
-            self._refuse_dirty()
-            self.git.checkout_branch(branch)
-        if state is not None:
-            self._check_ledger_agrees(state)
-            return state
-        if self.git.branch_exists(branch):
-            if from_commit is not None:
-                raise GuardError(f"branch {branch} already exists; --from only applies to a new tag.")
-            if self.git.current_branch() != branch:
-                self._refuse_dirty()
-                self.git.checkout_branch(branch)
-            start = self.git.head()
-        else:
-            self._refuse_dirty()
-            start = self.git.resolve(from_commit) if from_commit else self.git.head()
-            config_path = self.root / CONFIG_FILE
-            config_text = config_path.read_bytes() if config_path.exists() else None
-            self.git.checkout_branch(branch, start)
-            if from_commit and config_text is not None and config_path.read_bytes() != config_text:
-                # The old best carries the old tag's config: the new branch starts with this one,
-                # or a restarted server would read the old tag back.
-                guard.atomic_write_file(config_path, config_text)
-                if self.git.is_tracked(CONFIG_FILE):
-                    start = self.git.commit_file(CONFIG_FILE, f"autoexp: start tag {exp.tag} from {start[:12]}")
-        state = State(tag=exp.tag, branch=branch, start_commit=start, started_at=time.time(), harness=None)
-        self.state = state
-        self._check_target_tracked()
-        state.harness = self._harness_hash(start)
-        self._save()
-        return state
-
-    def _check_git_code_config(self, accept: bool) -> None:
-        """Before any git command that could run a filter: the .git files that could make git run
-        code must be as the last server left them (an eval without a sandbox may have changed
-        them and killed the server). Refused, with what to do, unless the user accepts them."""
-        old = load_state(self.root)
-        if accept or old is None or old.git_code_config is None or old.tag != self.full_cfg.experiment.tag:
-            return
-        if code_config_digest(self.git) != old.git_code_config:
-            raise GuardError(
-                ".git/config, .git/config.worktree or .git/info/attributes changed since the last server ran: an "
-                "eval without a sandbox could have set a filter there that runs code inside the server's git "
-                "commands. Look at them (`git config --local --list`, `cat .git/info/attributes`); if the change "
-                "is yours, start the server once with `autoexp-mcp serve --accept-git-config`."
-            )
+    def _harness_hash(self, commit: str) -> str:
+        return opening.harness_hash(self.git, commit, self.cfg.experiment.target)
 
     def _baseline_failed(self, reason: str) -> str:
         branch = self.full_cfg.experiment.branch
@@ -311,164 +163,21 @@ class Experiment:
             "repository (a missing package), `git commit --allow-empty -m 'measure the baseline again'` asks for it."
         )
 
-    def _adopt_user_commits(self) -> None:
-        """Commits made on the experiment branch between runs, on top of the incumbent (or of the
-        start, before a baseline was measured), are never reset silently: before a baseline they
-        become the new start (a fixed harness or config); after it, a change of autoexp.toml's
-        budget caps, timeout or wait is adopted and logged with the next row; anything else is
-        refused with what to do. A commit touching only the target is the server's own commit
-        that a crash kept from being recorded: `_recover` handles it."""
-        st = self.state
-        if st.phase != Phase.IDLE:
-            return
-        expected, head = self._expected_head(), self.git.head()
-        if head == expected or not self.git.is_ancestor(expected, head):
-            return
-        branch = st.branch
-        if st.incumbent is None:
-            st.start_commit = head
-            st.harness = self._harness_hash(head)
-            st.baseline_failed = None
-            self._save()
-            log.warning("%s moved to %s before a baseline was measured: the experiment starts there", branch, head[:12])
-            return
-        target = self.cfg.experiment.target
-        changed = self.git.paths_changed(expected, head)
-        if changed <= {target} and changed:
-            return
-        if changed != {CONFIG_FILE}:
-            raise GuardError(
-                f"{branch} is at {head[:12]}, past the incumbent {expected[:12]}, with commits that change "
-                f"{', '.join(sorted(changed)[:10])}. Between runs the server adopts only changes of {CONFIG_FILE} "
-                "that keep results comparable (budget, timeouts, limits); it never resets your commits silently. "
-                "Keep them in a new experiment "
-                f"(a new [experiment].tag, then `autoexp-mcp serve --from {head[:12]}`), or move the branch back with "
-                f"`git reset --hard {expected[:12]}`."
-            )
-        from .config import config_changes, parse_config_text
-
-        old = parse_config_text(self.git.show_file(expected, CONFIG_FILE).decode(), f"{CONFIG_FILE} at {expected[:12]}")
-        if self._tag is not None:
-            old = with_tag(old, self._tag)
-        changes, refused = config_changes(old, self.full_cfg)
-        if refused:
-            best = (st.best or st.incumbent).commit
-            raise GuardError(
-                f"the {CONFIG_FILE} committed at {head[:12]} changes {', '.join(refused)}, which would make its "
-                "results incomparable with the experiments already run. Between runs the server adopts only budget "
-                "caps, timeouts, limits, the prompt and the sandbox. Start a new experiment from the best commit "
-                f"instead: put a new [experiment].tag in {CONFIG_FILE}, then `autoexp-mcp serve --from {best[:12]}`; "
-                f"or move the branch back with `git reset --hard {expected[:12]}`."
-            )
-        st.incumbent.commit = head  # the same target, with the new config: reverts keep the change
-        st.harness = self._harness_hash(head)
-        st.config_note = "; ".join(changes)
-        self._save()
-        log.warning("adopted the %s committed at %s: %s", CONFIG_FILE, head[:12], st.config_note)
-
-    def _check_config_committed(self) -> None:
-        """The config in force is the one committed at the incumbent: a changed, uncommitted or
-        untracked autoexp.toml (the eval may have written it before a restart) is refused,
-        never silently reset."""
-        if self._config_bytes is None:
-            return
-        err = preflight.config_error(
-            self.git, self._expected_head(), self._config_bytes, self.full_cfg.experiment.branch
-        )
-        if err is not None:
-            raise err
-
-    def _check_ledger_agrees(self, st: State) -> None:
-        """The ledger is the record: a state.json that disagrees with it (edited, or restored
-        from an old copy) would reset the budget or number rows twice, so refuse to start."""
-        last = self.ledger.last_record()
-        logged = last.experiment if last is not None and last.tag in (None, st.tag) else 0
-        p = st.pending
-        cut_short = st.phase == Phase.DECIDED and p is not None and logged == p.experiment == st.experiments + 1
-        if logged != st.experiments and not cut_short:
-            raise GuardError(
-                f".autoexp/state.json counts {st.experiments} experiments but experiments.jsonl has "
-                f"{logged} for tag {st.tag}: the state was edited or restored from an old copy. Restore "
-                "the matching files (or start a new tag); the server will not guess which one is right."
-            )
-
-    def _refuse_dirty(self, allow: Sequence[str] = ()) -> None:
-        err = preflight.dirty_error(self.git, allow)
-        if err is not None:
-            raise err
-
-    def _check_target_tracked(self) -> None:
-        target = self.cfg.experiment.target
-        guard.resolve_target(self.root, target)
-        if not self.git.is_tracked(target):
-            raise GuardError(f"target {target} is not tracked by git. `git add {target}` and commit it first.")
-
-    def _harness_hash(self, commit: str) -> str:
-        """Identifies what the metric is measured with: every tracked file but the target (the git
-        tree of the commit without the target's entry). Protected untracked data is checked apart."""
-        out = self.git.tree_listing(commit)
-        target = self.cfg.experiment.target
-        lines = [ln for ln in out.splitlines() if ln.split("\t", 1)[-1] != target]
-        h = hashlib.sha256("\n".join(lines).encode())
-        return h.hexdigest()
-
     def _recover(self) -> None:
-        """Make git agree with the persisted phase after a restart (or a crash)."""
-        st = self.state
-        head = self.git.head()
-        expected = self._expected_head()
-        p = st.pending
-        if st.phase in (Phase.IDLE, Phase.EDITED) and head != expected:
-            # A commit made but not recorded (killed between git commit and the state write),
-            # or made behind our back: keep its content as an uncommitted edit of the target.
-            log.warning("HEAD %s is not the incumbent %s; moving back", head[:12], expected[:12])
-            self.git.unstage_all(expected)
-            target = self.cfg.experiment.target
-            changed = self.git.changed()
-            others = [c for c in changed if c != target]
-            self.git.restore(expected, others)
-            if target in changed and st.phase == Phase.IDLE:
-                st.phase = Phase.EDITED
-                st.pending = Pending(experiment=st.experiments + 1, parent=expected)
-                self._save()
-        elif st.phase == Phase.RUNNING and p is not None and p.run_id:
-            # The eval of the previous server died with it (or must). The run was recorded as
-            # started, so it counts: an eval that kills the server on every unlucky draw must
-            # not get an invisible best-of-N.
-            kill_marked(p.run_id)
-            self._log_interrupted(p)
-        elif st.phase == Phase.DECIDED and p is not None:
-            if head != expected:
-                self.git.reset_hard(expected)
-            self._log_if_written()
-
-    def _log_interrupted(self, p: Pending) -> None:
-        """Log the run a stopped server left unfinished as `interrupted` (a crash for the budget
-        and the crashes-in-a-row limit) and go back to the incumbent."""
-        st = self.state
-        reason = (
-            f"the server stopped while run {p.run} was going (killed, or its client left); "
-            "the run counts as a crash"
-        )
-        p.result = EvalResult(status="interrupted", reason=reason)
-        p.decision = DecisionState(status="interrupted", rule="interrupted", reason=reason)
-        st.phase = Phase.DECIDED
-        self._save()
-        if not p.baseline and st.incumbent is not None:
-            self.git.reset_hard(st.incumbent.commit)
-        log.warning("run %s was interrupted by a server stop; logged as experiment %d", p.run, p.experiment)
-        spend = (p.auto.tokens_used, p.auto.cost_usd) if p.auto else (0, None)  # what `experiment` was told
-        self.log_result(notes="logged by the server when it restarted", tokens_used=spend[0], cost_usd=spend[1])
-
-    def _log_if_written(self) -> None:
-        """After a crash between the ledger append and the state write, finish the transition."""
+        """Make git agree with the persisted phase after a restart (or a crash), then finish
+        the ledger side: log an interrupted run's row, or complete a logged transition."""
         st = self.state
         p = st.pending
-        book = self.ledger
-        last = book.last_record()
-        if p is not None and last is not None and last.experiment == p.experiment and last.tag == st.tag:
-            book.ensure_tsv_row(last)  # the TSV write may have been cut off too
-            self._advance_after_log(p, float(last.cost_usd), int(last.tokens_used))
+        left = opening.recover(self.git, st, self.cfg.experiment.target, self._save)
+        if left == opening.Left.INTERRUPTED:
+            assert p is not None
+            spend = (p.auto.tokens_used, p.auto.cost_usd) if p.auto else (0, None)  # what `experiment` was told
+            self.log_result(notes="logged by the server when it restarted", tokens_used=spend[0], cost_usd=spend[1])
+        elif left == opening.Left.DECIDED:
+            rec = opening.logged_record(self.ledger, st)
+            if rec is not None:
+                assert p is not None
+                self._advance_after_log(p, float(rec.cost_usd), int(rec.tokens_used))
 
     def _expected_head(self) -> str:
         return preflight.expected_head(self.state)
@@ -705,7 +414,7 @@ class Experiment:
             p = st.pending
             assert p is not None and p.commit is not None
             st.runs += 1
-            job = _Job(self, st.runs)
+            job = _Job(self, st.runs, self._execute, self._job_ended)
             p.run = st.runs
             p.run_id = job.run_id
             st.phase = Phase.RUNNING
@@ -836,26 +545,10 @@ class Experiment:
 
     def _apply_drift(self, p: Pending, inc: Point, fresh: dict[str, list[float]]) -> None:
         """The incumbent re-measured before this experiment: adopt the new figures if they moved."""
-        values, p.drift_note = self._incumbent_values(inc, fresh)
+        values, p.drift_note = measure.incumbent_values(inc, fresh, self.cfg)
         if values is fresh:
             inc.values = fresh
             inc.metrics = dict(policy.Measurement(fresh).means())
-
-    def _incumbent_values(
-        self, inc: Point, fresh: dict[str, list[float]] | None
-    ) -> tuple[dict[str, list[float]], str | None]:
-        """What a candidate is compared with, the one rule for the preliminary decision (whether
-        the hold-out runs) and the final one: the incumbent's re-measured figures when the drift
-        rule says they moved, else its recorded ones; and the note saying which."""
-        if not fresh:
-            return inc.values, None
-        cfg = self.cfg
-        moved, why = policy.drift(
-            policy.Measurement(inc.values), policy.Measurement(fresh), cfg.objective, cfg.policy.noise_sigmas
-        )
-        if moved:
-            return fresh, f"incumbent re-measured and updated: {why}"
-        return inc.values, f"incumbent re-measured, no drift: {why}"
 
     def _beats(self, cand: Point, best: Point) -> bool:
         """Whether `cand` should replace the best-ever point, by the configured rule itself."""
@@ -984,7 +677,7 @@ class Experiment:
         st.harness = self._harness_hash(start)  # from the commit: no need to wait for the reset
         self._save()
         self.git.reset_hard(start)
-        self._check_target_tracked()
+        opening.check_target_tracked(self.git, self.cfg.experiment.target)
 
     def budget_status(self) -> BudgetStatus:
         with self._lock:
@@ -1034,153 +727,6 @@ class Experiment:
 
     # --- the eval, in the job's thread ---------------------------------------------------
 
-    def _run_once(
-        self,
-        job: _Job,
-        argv: Sequence[str],
-        log_name: str,
-        repeat: int,
-        commit: str,
-        timeout: float,
-        metric_cfgs: Sequence[MetricConfig],
-        holdout: bool,
-    ) -> tuple[RunOutcome, metrics.Extraction]:
-        job.waiting = True
-        try:
-            with self.slots.hold(lambda: job.cancelled) as slot:
-                job.waiting = False
-                job.slot, job.slot_wait_s = slot.name, round(job.slot_wait_s + slot.waited_s, 3)
-                return self._run_in_slot(job, argv, log_name, repeat, commit, timeout, metric_cfgs, holdout, slot.env)
-        finally:
-            job.waiting = False
-
-    def _run_in_slot(
-        self,
-        job: _Job,
-        argv: Sequence[str],
-        log_name: str,
-        repeat: int,
-        commit: str,
-        timeout: float,
-        metric_cfgs: Sequence[MetricConfig],
-        holdout: bool,
-        slot_env: dict[str, str],
-    ) -> tuple[RunOutcome, metrics.Extraction]:
-        p = self.state.pending
-        plan = runs.RunPlan(
-            root=self.root,
-            cfg=self.cfg,
-            iso=self.iso,
-            argv=argv,
-            log_rel=f"{STATE_DIR}/runs/{log_name}",
-            env=runs.eval_env(
-                self.cfg,
-                run=job.run,
-                repeat=repeat,
-                experiment=p.experiment if p else 0,
-                commit=commit,
-                pycache=runs.SANDBOX_PYCACHE,
-            )
-            | slot_env,
-            timeout=timeout,
-            run_id=job.run_id,
-            metric_cfgs=metric_cfgs,
-            git_dirs=[*self._git_dirs, *self.hidden_extra()],
-            holdout=holdout,
-        )
-        try:
-            proc = plan.start()
-            job.current = proc
-            job.current_hidden = holdout
-            proc.wait()
-            out = proc.outcome
-            assert out is not None
-            if not holdout:
-                job.last_tail = proc.tail(TAIL_BYTES)
-            return out, plan.extract(out)
-        finally:
-            plan.close()
-
-    def _measure(
-        self,
-        job: _Job,
-        *,
-        argv: Sequence[str],
-        label: str,
-        commit: str,
-        repeats: int,
-        metric_cfgs: Sequence[MetricConfig],
-        timeout: float,
-        target_from: str | None = None,
-        holdout: bool = False,
-    ) -> EvalResult:
-        """Run `argv` `repeats` times with integrity checks around each run; extract metrics
-        from what the server received. The target must still hold its version in
-        `target_from` (default `commit`) afterwards."""
-        values: dict[str, list[float]] = {m.name: [] for m in metric_cfgs}
-        elapsed = 0.0
-        log_rel = ""
-        truncated = False
-        rc: int | None = None
-        for k in range(repeats):
-            if job.cancelled:
-                return EvalResult(status="crash", reason="cancelled")
-            with self._lock:
-                bad = self._integrity(commit)
-            if bad:
-                return EvalResult(status="crash", reason="harness changed before the run: " + ", ".join(bad[:10]))
-            name = f"{label}.log" if repeats == 1 else f"{label}-{k + 1}.log"
-            log_rel = f"{STATE_DIR}/runs/{name}"
-            try:
-                out, ex = self._run_once(job, argv, name, k, commit, timeout, metric_cfgs, holdout)
-            except (EvalError, OSError) as e:
-                return EvalResult(status="crash", reason=str(e), log=log_rel)
-            elapsed += out.elapsed_s
-            truncated = truncated or out.truncated
-            rc = out.returncode
-            run_facts = dict(
-                elapsed_s=round(elapsed, 3),
-                log=log_rel,
-                log_truncated=truncated,
-                returncode=rc,
-                tail="" if holdout else job.last_tail,
-            )
-
-            def failed(status: str, reason: str, facts: dict[str, Any] = run_facts) -> EvalResult:
-                return EvalResult.model_validate({"status": status, "reason": reason, **facts})
-
-            with self._lock:
-                bad = self._integrity(commit)
-                if self._target_rewritten(target_from or commit):
-                    bad.append(f"{self.cfg.experiment.target} (the eval rewrote the target; restored)")
-            if bad:
-                return failed("crash", "harness changed during the run: " + ", ".join(bad[:10]))
-            if out.status == "timeout":
-                return failed("timeout", f"the eval ran past the timeout of {timeout:g}s and was killed")
-            if out.status == "crash":
-                return failed("crash", "the eval " + runs.describe_exit(out.returncode, self.iso.active))
-            if not ex.ok:
-                return failed("crash", "no usable metric: " + ex.summary())
-            for name_, v in ex.values.items():
-                values[name_].append(v)
-            job.repeats_done = k + 1
-        meas = policy.Measurement(values)
-        return EvalResult(
-            status="done",
-            metrics=dict(meas.means()),
-            values=values,
-            std=meas.stds() if repeats > 1 else {},
-            elapsed_s=round(elapsed, 3),
-            log=log_rel,
-            log_truncated=truncated,
-            returncode=rc,
-            tail="" if holdout else job.last_tail,
-            reason=f"measured in {elapsed:.1f}s" + (f" over {repeats} runs" if repeats > 1 else "")
-            + (f" (after {job.slot_wait_s:.1f}s waiting for an eval slot)" if job.slot_wait_s >= 0.1 else ""),
-            slot=job.slot,
-            slot_wait_s=job.slot_wait_s,
-        )
-
     def _target_rewritten(self, sha: str) -> bool:
         """Whether the target on disk differs from its version in `sha`; if so, put it back."""
         want = self._text_at(sha).encode("utf-8")
@@ -1195,72 +741,24 @@ class Experiment:
         self._target_rewritten(commit)
 
     def _execute(self, job: _Job) -> EvalResult:
-        cfg = self.cfg
+        """The job's body: what to measure, read under the lock, measured by the evaluator."""
         with self._lock:
             st = self.state
             p = st.pending
             assert p is not None and p.commit is not None
-            commit, baseline, inc = p.commit, p.baseline, st.incumbent
-            index = p.experiment - 1 - st.stage_started_experiments
-        # After an interrupted drift run the target may still hold the incumbent's version.
-        self._put_target(commit)
-        k = cfg.policy.repeats
-        measure = functools.partial(
-            self._measure,
-            job,
-            argv=cfg.experiment.argv,
-            commit=commit,
-            repeats=k,
-            metric_cfgs=cfg.metric,
-            timeout=cfg.experiment.timeout,
-        )
-        drift_values: dict[str, list[float]] | None = None
-        every = cfg.policy.drift_every
-        if not baseline and inc is not None and every and index > 0 and index % every == 0:
-            self._put_target(inc.commit)
-            try:
-                again = measure(label=f"{job.run}.drift", target_from=inc.commit)
-            finally:
-                self._put_target(commit)
-            if again.status == "done":
-                drift_values = again.values
-        result = measure(label=str(job.run))
-        if result.status != "done":
-            return result
-        result.drift_values = drift_values
-        hold = cfg.holdout
-        if hold is None:
-            return result
-        if not baseline:
-            assert inc is not None
-            incumbent = policy.Measurement(self._incumbent_values(inc, drift_values)[0])
-            prelim = policy.decide(policy.Measurement(result.values), incumbent, cfg, experiment_index=index)
-            if prelim.status != "keep":
-                return result
-        # The hold-out runs only on a candidate about to be kept (and on the baseline, to know
-        # the incumbent's figure). Its output and figures never reach the agent.
-        held = self._measure(
-            job,
-            argv=hold.argv,
-            label=f"{job.run}.holdout",
-            commit=commit,
-            repeats=1,
-            metric_cfgs=[cfg.objective],
-            timeout=hold.timeout or cfg.experiment.timeout,
-            holdout=True,
-        )
-        value = held.metrics.get(cfg.objective.name) if held.status == "done" else None
-        result.holdout = value
-        if not baseline:
-            assert inc is not None
-            gate = policy.holdout_gate(
-                math.nan if value is None else value,
-                math.nan if inc.holdout is None else inc.holdout,
-                cfg.objective,
-                hold.tolerance,
+            task = measure.Task(
+                cfg=self.cfg,
+                commit=p.commit,
+                experiment=p.experiment,
+                baseline=p.baseline,
+                incumbent=st.incumbent,
+                index=p.experiment - 1 - st.stage_started_experiments,
             )
-            result.holdout_failed = gate is not None
-        return result
+        return self.evaluator.execute(job, task)
+
+    def _job_ended(self, job: _Job, result: EvalResult) -> None:
+        self._finish_run(job, result)
+        self._run_ended(job)
 
     def _run_ended(self, job: _Job) -> None:
         hook = self.on_run_end
