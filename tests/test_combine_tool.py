@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import anyio
@@ -35,7 +37,7 @@ async def test_combine_tool_on_a_lanes_server_returns_each_step_and_the_best(mak
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append(done)
 
-    async with Client(build_server(lane.open_lane(repo, "a"))) as c:
+    async with Client(build_server(lane.open_lane(repo, "a"), coordinator=True)) as c:
         with anyio.fail_after(WAIT_S):
             res = await c.call_tool("combine", {"tags": ["a", "b", "c"], "into": "abc"}, progress_callback=on_progress)
         assert not res.is_error, res.content
@@ -57,9 +59,41 @@ async def test_combine_tool_on_a_lanes_server_returns_each_step_and_the_best(mak
 @pytest.mark.anyio
 async def test_combine_tool_on_the_main_tags_server_combines_the_lanes(make_repo: MakeRepo) -> None:
     repo = _lanes(make_repo)
-    async with Client(build_server(Experiment(repo))) as c:
+    async with Client(build_server(Experiment(repo), coordinator=True)) as c:
         out = await call(c, "combine", timeout=WAIT_S, tags=["a", "b"])
         assert out["into"] == "combined" and out["best"] == {"score": 3.5}
         assert [s["status"] for s in out["steps"]] == ["kept", "kept"]
         assert "give the lanes to combine" in await call_error(c, "combine", tags=[], into="none")
     assert (repo / ".autoexp/lanes/combined/.autoexp/combine.json").is_file()
+
+
+def test_only_a_coordinators_server_lists_combine(tmp_path: Path) -> None:
+    from conftest import init_repo, installed_command, server_env
+
+    repo = init_repo(tmp_path / "plain", {"value.txt": "1\n", "evaluate.py": "print('score: 1')\n"})
+    (repo / "autoexp.toml").write_text(
+        '[experiment]\ntag = "t"\ntarget = "value.txt"\neval = "python3 evaluate.py"\n\n'
+        '[[metric]]\nname = "score"\ndirection = "max"\n'
+    )
+    git(repo, "add", "autoexp.toml")
+    git(repo, "commit", "-qm", "config")
+    hello = (
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
+        b'"capabilities":{},"clientInfo":{"name":"t","version":"0"}}}\n'
+        b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
+        b'{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{}}\n'
+    )
+    names = {}
+    for extra in ([], ["--coordinator"]):
+        out = subprocess.run(
+            [installed_command(), "serve", "--repo", str(repo), *extra],
+            input=hello,
+            capture_output=True,
+            env=server_env(),
+            timeout=60,
+        )
+        answers = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        listing = next(a for a in answers if a.get("id") == 2)
+        names[bool(extra)] = {t["name"] for t in listing["result"]["tools"]}
+    assert "combine" not in names[False] and "combine" in names[True]
+    assert names[True] - names[False] == {"combine"}

@@ -33,7 +33,6 @@ TEST_TIMEOUT_S = 600  # the loop test makes 16 Inspector calls, plus a first dow
 # Read before the fixtures pin HOME to a temp dir, so runs share one npm cache.
 NPM_CACHE = os.environ.get("NPM_CONFIG_CACHE") or str(Path.home() / ".npm")
 TOOLS = {"experiment", "read_target", "write_target", "commit", "run_eval", "decide", "log_result", "budget_status"}
-TOOLS |= {"combine"}  # for a coordinating agent: lanes merged
 
 pytestmark = [
     pytest.mark.slow,

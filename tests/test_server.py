@@ -20,7 +20,6 @@ from conftest import CALL_TIMEOUT_S, MakeRepo, call, call_error, cmdline_pids, e
 pytestmark = pytest.mark.anyio
 
 TOOLS = {"experiment", "read_target", "write_target", "commit", "run_eval", "decide", "log_result", "budget_status"}
-TOOLS |= {"combine"}  # for a coordinating agent: lanes merged
 
 
 async def experiment(c: Client, value: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -173,7 +173,7 @@ def test_the_handshake_leaves_the_repository_alone_until_the_tools_are_listed(ma
         assert not (repo / ".autoexp" / "lock").exists()
         assert git(repo, "branch", "--show-current") == "main"
         tools = client.request("tools/list")["result"]["tools"]
-        assert len(tools) == 9  # the eight of the loop and combine
+        assert len(tools) == 8  # the loop's; combine only on a coordinator (serve --coordinator)
         status = client.request("tools/call", {"name": "budget_status", "arguments": {}})["result"]
         assert not status.get("isError"), status
         assert status["structuredContent"]["next"] == "run_eval"
@@ -203,7 +203,7 @@ def test_a_server_on_a_terminal_answers_through_the_sdk_transport(make_repo: Mak
     client.proc.stdin = os.fdopen(master, "wb", buffering=0)  # type: ignore[assignment]
     try:
         assert client.initialize()["result"]["serverInfo"]["name"] == "autoexp"
-        assert len(client.request("tools/list")["result"]["tools"]) == 9
+        assert len(client.request("tools/list")["result"]["tools"]) == 8
         status = client.request("tools/call", {"name": "budget_status", "arguments": {}})["result"]
         assert status["structuredContent"]["next"] == "run_eval"
     finally:
@@ -231,7 +231,7 @@ async def test_a_dirty_tree_is_reported_to_the_agent_and_a_fix_needs_no_restart(
     (repo / "evaluate.py").write_text((repo / "evaluate.py").read_text() + "# tweak\n")
     async with Client(stdio_params(repo)) as c:
         with anyio.fail_after(WAIT_S):
-            assert len((await c.list_tools()).tools) == 9
+            assert len((await c.list_tools()).tools) == 8
         message = await call_error(c, "budget_status")
         assert "uncommitted changes to tracked files: evaluate.py" in message
         assert git(repo, "branch", "--show-current") == "main"

@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     said = _OpenFailures()
     log.addFilter(said)
     try:
-        anyio.run(serve_stdio, build_server(opener))
+        anyio.run(serve_stdio, build_server(opener, coordinator=args.coordinator))
     finally:
         opener.close()
         log.removeFilter(said)
@@ -133,7 +133,7 @@ def _serve_http(args: argparse.Namespace, opener: Opener) -> int:
             return e.exit_code
         sock = httpserve.bind_socket(host, port)
         httpserve.serve_http(
-            build_server(opener),
+            build_server(opener, coordinator=args.coordinator),
             root=exp.root,
             sock=sock,
             bind_host=host,
@@ -579,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--accept-git-config",
         action="store_true",
         help="accept .git/config or .git/info/attributes changes made since the last server ran",
+    )
+    p.add_argument(
+        "--coordinator",
+        action="store_true",
+        help="also serve the combine tool, for an agent that merges lanes (other agents do not see it)",
     )
     p.add_argument(
         "--http",

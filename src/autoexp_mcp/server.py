@@ -238,7 +238,11 @@ class Opener:
                 self._exp.close()
 
 
-def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCPServer[Opener]:
+def build_server(
+    exp: Experiment | Opener, *, close_on_exit: bool = True, coordinator: bool = False
+) -> MCPServer[Opener]:
+    """The MCP server. `coordinator` adds the `combine` tool (for an agent that merges lanes),
+    which every other agent would only pay for in its context."""
     """An MCP server driving `exp` (an open Experiment, or an Opener that opens one when the
     server starts). With `close_on_exit`, server shutdown stops a running eval."""
     opener = exp if isinstance(exp, Opener) else Opener.of(exp)
@@ -466,47 +470,49 @@ def build_server(exp: Experiment | Opener, *, close_on_exit: bool = True) -> MCP
 
         return _wire(await _drive(op))
 
-    @mcp.tool(title="Combine lanes", annotations=ToolAnnotations(destructive_hint=False))
-    @_described
-    async def combine(ctx: Context, tags: list[str], into: str = "combined") -> Annotated[CallToolResult, Combined]:
-        """Merge lanes' best changes into a new lane, each kept only if it still improves."""
-        from .combine import combine as combine_lanes
+    if coordinator:
 
-        def op(exp: Experiment) -> Combined:
-            if into == exp.cfg.experiment.tag:
-                raise AutoexpError(f"`into` {into} is this server's own experiment: give a new lane name")
-            try:
-                c = combine_lanes(exp.root, tags, into)
-            except AutoexpError:
-                raise
-            except Exception as e:  # git or the file system: still a message the agent can read
-                log.exception("combine failed")
-                raise AutoexpError(
-                    f"combine failed: {type(e).__name__}: {e}. Check the lanes (`autoexp-mcp status --all`) "
-                    "and try again with another `into`."
-                ) from e
-            steps = [CombineStep(tag=x.tag, status=x.status, gain=x.gain, reason=x.reason) for x in c.steps]
-            return Combined(into=c.into, steps=steps, best=c.best, commit=(c.best_commit or "")[:12] or None)
+        @mcp.tool(title="Combine lanes", annotations=ToolAnnotations(destructive_hint=False))
+        @_described
+        async def combine(ctx: Context, tags: list[str], into: str = "combined") -> Annotated[CallToolResult, Combined]:
+            """Merge lanes' best changes into a new lane, each kept only if it still improves."""
+            from .combine import combine as combine_lanes
 
-        started = time.monotonic()
-        async with anyio.create_task_group() as tg:
+            def op(exp: Experiment) -> Combined:
+                if into == exp.cfg.experiment.tag:
+                    raise AutoexpError(f"`into` {into} is this server's own experiment: give a new lane name")
+                try:
+                    c = combine_lanes(exp.root, tags, into)
+                except AutoexpError:
+                    raise
+                except Exception as e:  # git or the file system: still a message the agent can read
+                    log.exception("combine failed")
+                    raise AutoexpError(
+                        f"combine failed: {type(e).__name__}: {e}. Check the lanes (`autoexp-mcp status --all`) "
+                        "and try again with another `into`."
+                    ) from e
+                steps = [CombineStep(tag=x.tag, status=x.status, gain=x.gain, reason=x.reason) for x in c.steps]
+                return Combined(into=c.into, steps=steps, best=c.best, commit=(c.best_commit or "")[:12] or None)
 
-            async def tick() -> None:  # combine runs an eval per lane: keep the client's wait alive
-                while True:
-                    elapsed = time.monotonic() - started
-                    await ctx.report_progress(elapsed, None, f"combining {len(tags)} lanes for {elapsed:.0f}s")
-                    await anyio.sleep(PROGRESS_EVERY_S)
+            started = time.monotonic()
+            async with anyio.create_task_group() as tg:
 
-            tg.start_soon(tick)
-            try:
-                out: Combined | ToolError = await _call(op, abandon_on_cancel=True)
-            except ToolError as e:  # raised out of the task group it would come wrapped in a group
-                out = e
-            finally:
-                tg.cancel_scope.cancel()
-        if isinstance(out, ToolError):
-            raise out
-        return _wire(out)
+                async def tick() -> None:  # combine runs an eval per lane: keep the client's wait alive
+                    while True:
+                        elapsed = time.monotonic() - started
+                        await ctx.report_progress(elapsed, None, f"combining {len(tags)} lanes for {elapsed:.0f}s")
+                        await anyio.sleep(PROGRESS_EVERY_S)
+
+                tg.start_soon(tick)
+                try:
+                    out: Combined | ToolError = await _call(op, abandon_on_cancel=True)
+                except ToolError as e:  # raised out of the task group it would come wrapped in a group
+                    out = e
+                finally:
+                    tg.cancel_scope.cancel()
+            if isinstance(out, ToolError):
+                raise out
+            return _wire(out)
 
     @mcp.prompt(name="autoexp", title="Autonomous experiment loop")
     @_described
