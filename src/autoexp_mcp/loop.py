@@ -7,7 +7,8 @@ back consistent (see `_recover`). All methods are thread-safe; the eval itself r
 background thread owned by the Experiment, so it outlives any one tool call.
 
 Opening the lane (lock, tag files, branch, state, recovery) is opening.py's; running the
-evals (the job, repeats, drift, hold-out) is measure.py's, reached through a small interface.
+evals (the job, repeats, drift, hold-out) is measure.py's, reached through a small interface;
+the target's versions and the integrity of the rest of the tree are tree.py's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from . import budget as budgetmod
 from . import guard, ledger, measure, opening, policy, preflight, runs
 from .config import CONFIG_FILE, Config, load_config, with_tag
-from .errors import BudgetExhausted, GuardError, IntegrityError, OrderError
+from .errors import BudgetExhausted, GuardError, OrderError
 from .gitops import Git
 from .measure import Job
 from .models import (
@@ -42,7 +43,8 @@ from .models import (
 )
 from .slots import SlotPool
 from .state import STATE_DIR, DecisionState, EvalResult, Pending, Phase, Point, save_state
-from .watch import HarnessWatch, code_config_digest
+from .tree import Tree, refuse_changes
+from .watch import code_config_digest
 
 log = logging.getLogger("autoexp_mcp")
 
@@ -105,9 +107,6 @@ class Experiment:
         # Called in the run's thread once its result is recorded, before anyone waiting on the
         # run is woken: the one-call `experiment` decides and logs there (oneshot.py).
         self.on_run_end: Callable[[_Job], None] | None = None
-        self._text_cache: dict[str, str] = {}
-        self._watch: HarnessWatch | None = None  # made at the first check, before any eval of this server
-        self._harness_ok: set[tuple[str, str]] = set()  # (commit, harness) pairs whose tree was verified
         self._lockfile: int | None = opening.acquire_lock(self.dir, self.root)
         # The eval must not see git's own files: the repository's .git (a directory, or a file
         # in a worktree) and the directories it points at.
@@ -136,6 +135,7 @@ class Experiment:
                 self.root, self.cfg.experiment.protect, self.dir / "protect.json", exclude=sorted(targets)
             )
             self.protected.load_or_snapshot(under_way=self.state.runs > 0)
+            self.tree = Tree(self.git, self.protected, self.state.branch)
             self._recover()
             digest = code_config_digest(self.git)
             if self.state.git_code_config != digest:
@@ -249,59 +249,24 @@ class Experiment:
             raise BudgetExhausted(f"the budget is spent: {view.reason}. No further experiment may start.")
 
     def _target_path(self) -> Path:
-        return guard.resolve_target(self.root, self.cfg.experiment.target)
+        return self.tree.target_path(self.cfg.experiment.target)
 
     def _integrity(self, expected_head: str, *, restore: bool = True, seen: list[str] | None = None) -> list[str]:
-        """What differs from `expected_head` but the target: tracked files (by bytes), git's
-        index, .git's control files, changed protected data (`protect` globs, which also catch
-        new untracked files that match them). With `restore` all but protected data is put back
-        (watch.py). `seen` gets the target when it differs from the commit."""
-        if self._watch is None:
-            self._watch = HarnessWatch(self.git, self.protected, branch=self.state.branch)
+        """What differs from `expected_head` but the target (tree.py); restored unless `restore`
+        is false, and `seen` gets the target when it differs from the commit."""
         target = self.cfg.experiment.target
-        result = self._watch.check(expected_head, target=target, restore=restore)
-        if seen is not None:
-            seen[:] = [target] if result.target_changed else []
-        bad = result.problems
-        # Every commit of a stage holds the harness recorded when the stage started: a tree
-        # that does not was read from rewritten objects in .git (git does not re-hash them).
-        harness = self.state.harness
-        if harness is not None and (expected_head, harness) not in self._harness_ok:
-            if self._harness_hash(expected_head) == harness:
-                self._harness_ok.add((expected_head, harness))
-            else:
-                bad.append(
-                    f"commit {expected_head[:12]} does not hold the harness recorded when the experiment "
-                    "started (objects in .git were rewritten); restore .git from a backup or start a new tag"
-                )
-        return bad
+        return self.tree.problems(expected_head, target, self.state.harness, restore=restore, seen=seen)
 
     def _check_integrity(self, expected_head: str, when: str) -> list[str]:
         """Refuse (after restoring tracked files) if anything but the target changed; returns
         the changed tracked paths that are allowed (the target, when it changed)."""
         allowed: list[str] = []
-        bad = self._integrity(expected_head, seen=allowed)
-        if bad:
-            shown = ", ".join(bad[:20])
-            raise IntegrityError(
-                f"{when}: files other than the target changed: {shown}. Tracked files were restored "
-                "from the incumbent commit and .git's hooks, config and refs as recorded; untracked "
-                "files are never deleted, so remove new ones or "
-                "restore protected data yourself. Only the target may change, and only via write_target.",
-                bad,
-            )
+        refuse_changes(self._integrity(expected_head, seen=allowed), when)
         return allowed
 
     def _text_at(self, sha: str) -> str:
         """The target's text in commit `sha` (cached: commits never change)."""
-        key = f"{sha}:{self.cfg.experiment.target}"
-        cached = self._text_cache.get(key)
-        if cached is None:
-            cached = self.git.show_file(sha, self.cfg.experiment.target).decode("utf-8", "replace")
-            if len(self._text_cache) >= 4:
-                self._text_cache.pop(next(iter(self._text_cache)))
-            self._text_cache[key] = cached
-        return cached
+        return self.tree.text_at(sha, self.cfg.experiment.target)
 
     def _short(self, sha: str | None) -> str:
         return (sha or "")[:7]
@@ -374,7 +339,7 @@ class Experiment:
             # Bytes as committed: no newline translation (a CRLF target stays CRLF in the cache).
             text = path.read_bytes().decode("utf-8", errors="replace")
             sha = self.git.commit_file(target, f"autoexp #{p.experiment}: {desc}")
-            self._text_cache[f"{sha}:{target}"] = text
+            self.tree.remember(sha, target, text)
             p.commit = sha
             p.description = desc
             p.diff_lines = _diff_lines(self._text_at(p.parent), text)
@@ -729,12 +694,7 @@ class Experiment:
 
     def _target_rewritten(self, sha: str) -> bool:
         """Whether the target on disk differs from its version in `sha`; if so, put it back."""
-        want = self._text_at(sha).encode("utf-8")
-        path = self._target_path()
-        if path.read_bytes() == want:
-            return False
-        guard.atomic_write_file(path, want)
-        return True
+        return self.tree.put_target(sha, self.cfg.experiment.target)
 
     def _put_target(self, commit: str) -> None:
         """Make the target on disk the version in `commit` (atomic write, only if it differs)."""
