@@ -265,10 +265,6 @@ class Git:
         """Every path in the index, repo-relative."""
         return [p for p in str(self._g.ls_files("-z")).split("\0") if p]
 
-    def tree_listing(self, sha: str) -> str:
-        """`git ls-tree -r` of a recorded commit: one line per tracked file (mode, type, object, path)."""
-        return str(self._g.ls_tree("-r", "--full-tree", _sha(sha)))
-
     def tree_entries(self, sha: str) -> tuple[TreeEntry, ...]:
         """Every file of a recorded commit's tree (recursive), read from the object store once
         (a commit never changes: the last few are kept for the watch and the harness hash)."""

@@ -228,9 +228,10 @@ def check_target_tracked(git: Git, target: str) -> None:
 def harness_hash(git: Git, commit: str, target: str) -> str:
     """Identifies what the metric is measured with: every tracked file but the target (the git
     tree of the commit without the target's entry). Protected untracked data is checked apart."""
-    out = git.tree_listing(commit)
-    lines = [ln for ln in out.splitlines() if ln.split("\t", 1)[-1] != target]
-    h = hashlib.sha256("\n".join(lines).encode())
+    h = hashlib.sha256()
+    for e in git.tree_entries(commit):  # the listing the harness watch reads too: one ls-tree per commit
+        if e.path != target:
+            h.update(f"{e.mode} {e.kind} {e.sha}\t{e.path}\0".encode())
     return h.hexdigest()
 
 
