@@ -8,7 +8,8 @@ background thread owned by the Experiment, so it outlives any one tool call.
 
 Opening the lane (lock, tag files, branch, state, recovery) is opening.py's; running the
 evals (the job, repeats, drift, hold-out) is measure.py's, reached through a small interface;
-the target's versions and the integrity of the rest of the tree are tree.py's.
+the target's versions and the integrity of the rest of the tree are tree.py's; what the tools
+and the CLI show (the eval, the budget, the prompt) is views.py's.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from . import budget as budgetmod
-from . import guard, ledger, measure, opening, policy, preflight, runs
+from . import guard, ledger, measure, opening, policy, preflight, runs, views
 from .config import CONFIG_FILE, Config, load_config, with_tag
 from .errors import BudgetExhausted, GuardError, OrderError
 from .gitops import Git
@@ -269,12 +269,10 @@ class Experiment:
         return self.tree.text_at(sha, self.cfg.experiment.target)
 
     def _short(self, sha: str | None) -> str:
-        return (sha or "")[:7]
+        return views.short(sha)
 
     def _best(self, point: Point | None) -> Best | None:
-        if point is None:
-            return None
-        return Best(commit=self._short(point.commit), metrics=point.metrics, experiment=point.experiment)
+        return views.best(point)
 
     # --- the seven operations ----------------------------------------------------------
 
@@ -404,48 +402,7 @@ class Experiment:
 
     def eval_view(self) -> EvalView:
         with self._lock:
-            st = self.state
-            p = st.pending
-            if p is None or p.run is None:
-                raise OrderError(f"no eval has been started. Call {self.next_tool()} next.", self.next_tool())
-            job = self._job
-            common: dict[str, Any] = dict(
-                run=p.run,
-                commit=self._short(p.commit),
-                experiment=p.experiment,
-                baseline=p.baseline,
-                repeats=self.cfg.policy.repeats,
-            )
-            if st.phase == Phase.RUNNING:
-                elapsed = job.elapsed() if job is not None else 0.0
-                waiting = "waiting for an eval slot (other lanes' evals run); its timeout starts with it. "
-                waiting = waiting if job is not None and job.waiting else ""
-                return EvalView(
-                    status="running",
-                    elapsed_s=round(elapsed, 1),
-                    metrics={},
-                    tail=job.tail() if job else "",
-                    repeats_done=job.repeats_done if job else 0,
-                    reason=waiting + f"still running after {elapsed:.0f}s (timeout {self.cfg.experiment.timeout:g}s); "
-                    "call run_eval again to keep waiting on the same run. It stops if this server exits (as with a "
-                    "client that starts one server per call)",
-                    next="run_eval",
-                    **common,
-                )
-            r = p.result
-            assert r is not None
-            tail = r.tail
-            return EvalView(
-                status=r.status,
-                elapsed_s=r.elapsed_s,
-                metrics=r.metrics,
-                std=r.std or None,
-                tail=tail,
-                repeats_done=len(next(iter(r.values.values()), [])) if r.values else 0,
-                reason=r.reason,
-                next=self.next_tool(),
-                **common,
-            )
+            return views.eval_view(self.state, self._job, self.cfg, self.next_tool)
 
     def decide(self) -> DecideResult:
         with self._lock:
@@ -646,49 +603,18 @@ class Experiment:
 
     def budget_status(self) -> BudgetStatus:
         with self._lock:
-            v = self.budget()
-            return BudgetStatus(
-                experiments_used=v.experiments_used,
-                experiments_left=v.experiments_left,
-                consecutive_crashes=v.consecutive_crashes,
-                stop=v.stop,
-                reason=v.reason,
-                phase=str(self.state.phase),
-                cost_usd=v.cost_usd,
-                cost_left_usd=v.cost_left_usd,
-                hours_used=v.hours_used,
-                hours_left=v.hours_left,
-                stage=self.full_cfg.stage_name(self.state.stage),
-                best=self._best(self.state.best),
-                sandbox=None if self.iso.active else self.iso.note,
-                next=self.next_tool(),
-            )
+            return views.budget_status(self.budget(), self.state, self.full_cfg, self.iso, self.next_tool())
 
     # --- views for the prompt, resources and the CLI -----------------------------------------
 
     def render_prompt(self, domain: str | None = None) -> str:
-        from . import prompting
-
-        text = prompting.render_current(
-            self.full_cfg, self.state.stage, self.ledger.tail(200), root=self.root, domain=domain
-        )
-        if self.focus:
-            text += f"\n## This lane's focus\n\nOther agents work on other aspects in their own lanes. {self.focus}\n"
-        return text
+        return views.render_prompt(self.full_cfg, self.state.stage, self.ledger, self.root, self.focus, domain)
 
     def last_log(self) -> Path | None:
-        runs = self.dir / "runs"
-        n = self.state.runs
-        if n == 0 or not runs.is_dir():
-            return None
-        candidates = sorted(runs.glob(f"{n}-*.log"), key=lambda p: p.stat().st_mtime) or [runs / f"{n}.log"]
-        path = candidates[-1]
-        return path if path.exists() else None
+        return views.last_log(self.dir, self.state.runs)
 
     def report_markdown(self) -> str:
-        from . import report
-
-        return report.render_markdown(list(self.ledger.records()), self.cfg)
+        return views.report_markdown(self.ledger, self.cfg)
 
     # --- the eval, in the job's thread ---------------------------------------------------
 
