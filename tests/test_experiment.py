@@ -447,8 +447,17 @@ def test_sigkill_anywhere_inside_experiment_calls_restarts_consistent(make_repo:
             if nxt == "run_eval":  # a run left committed by the previous kill: finish it first
                 while server.call("run_eval", wait_seconds=20)["status"] == "running":
                     pass
-            server.send_call("experiment", content=value + "\n", description=f"k{k} {value}", tokens_used=3)
-            time.sleep(rnd.uniform(0, call_s * 1.5 + (0.3 if value.startswith("sleep") else 0)))
+            # A third of the kills at a random point of the call, a third mid-eval, a third after the
+            # answer: every phase is hit whatever the machine's speed.
+            if k % 3 == 1:
+                value = f"sleep 0.5 {st['experiments'] + 10}"
+            rid = server.send_call("experiment", content=value + "\n", description=f"k{k} {value}", tokens_used=3)
+            if k % 3 == 0:
+                time.sleep(rnd.uniform(0, call_s * 1.5 + (0.3 if value.startswith("sleep") else 0)))
+            elif k % 3 == 1:
+                wait_until(lambda: disk_phase(repo) == "running", 20, "the eval to start")
+            else:
+                server.response(rid, 60)
             server.kill()
             phases[disk_phase(repo)] += 1
             server = StdioServer(repo, log)
