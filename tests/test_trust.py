@@ -603,3 +603,23 @@ def test_a_harness_that_serves_both_evals_stays_visible_to_the_visible_one(make_
     view = first_eval(repo)
     assert view.status == "done", view.reason
     assert view.metrics == {"score": 3.0}
+
+
+@needs_bwrap
+def test_a_program_and_a_virtualenv_under_tmp_stay_reachable_in_the_sandbox(
+    make_repo: MakeRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox's /tmp is private: what the eval needs from the host's /tmp (its virtualenv,
+    a PATH entry: CI's own virtualenv lives there) is bound again, read-only."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    tool = venv / "bin" / "score-tool"
+    tool.write_text(f"#!/bin/sh\nexec {sys.executable} evaluate.py\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    cfg = sandboxed("bwrap").replace(f'eval = "{sys.executable} evaluate.py"', 'eval = "score-tool"')
+    repo = make_repo("4", config=cfg)
+    view = first_eval(repo)
+    assert view.status == "done", view.tail
+    assert view.metrics == {"score": 4.0}

@@ -152,6 +152,7 @@ class RunPlan:
                 self._binds[rel] = copy
                 files.append((copy, dest))
             plan = sandbox.Plan(
+                keep=tuple(_needed_under_replaced(self.argv, env, (sandbox.PRIVATE_TMP, Path("/run")))),
                 root=self.root,
                 writable=writable,
                 hidden=tuple(self._hidden()),
@@ -221,6 +222,28 @@ def _check_command(argv: Sequence[str], cwd: Path, path: str | None) -> None:
             f"cannot start the eval command {exe!r}: command not found. Check [experiment].eval "
             "in autoexp.toml and that the program is on PATH."
         )
+
+
+def _needed_under_replaced(argv: Sequence[str], env: Mapping[str, str], replaced: Sequence[Path]) -> list[Path]:
+    """What the command needs from trees the sandbox replaces with empty ones (/tmp, /run): the
+    directories on its PATH, its virtualenv and PYTHONPATH, and its own program — each widened
+    to the virtualenv holding it."""
+    words = [*env.get("PATH", "").split(os.pathsep), env.get("VIRTUAL_ENV", "")]
+    words += env.get("PYTHONPATH", "").split(os.pathsep)
+    exe = shutil.which(argv[0], path=env.get("PATH")) if argv else None
+    if exe:
+        words += [os.path.dirname(os.path.abspath(exe)), os.path.dirname(os.path.realpath(exe))]
+    found: list[Path] = []
+    for w in words:
+        if not w or not os.path.isabs(w):
+            continue
+        p = Path(os.path.normpath(w))
+        if p in replaced or not any(p.is_relative_to(d) for d in replaced):
+            continue
+        venv = next((q for q in (p, *list(p.parents)[:2]) if (q / "pyvenv.cfg").is_file()), p)
+        if venv not in replaced and venv not in found:
+            found.append(venv)
+    return found
 
 
 def describe_exit(rc: int | None, sandboxed: bool) -> str:

@@ -81,6 +81,9 @@ class Plan:
     network: bool = False  # True shares the host's network namespace, abstract unix sockets included
     devices: tuple[str, ...] = ()  # globs such as "/dev/nvidia*", expanded by wrap(), bound with device access
     home: str = "/tmp/autoexp-home"  # private empty HOME, under the private /tmp
+    # Paths under a tree the sandbox replaces (/tmp, /run) that the command needs, bound again
+    # read-only: a virtualenv or a PATH entry that lives in /tmp.
+    keep: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,10 @@ def wrap(plan: Plan, argv: Sequence[str], bwrap: str = "bwrap") -> list[str]:
     args = [exe, *_namespaces(plan.network), *_system(plan.network), "--dir", home]
     if any(root.is_relative_to(d) for d in REPLACED):
         args += ["--ro-bind", str(root), str(root)]
+    for k in plan.keep:
+        path = _abs(k, "kept path")
+        if path not in REPLACED and any(path.is_relative_to(d) for d in REPLACED) and path.exists():
+            args += ["--ro-bind", str(path), str(path)]
     args += _devices(plan.devices)
     for w in plan.writable:
         path = _beneath(root, w, "writable dir")
