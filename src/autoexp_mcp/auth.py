@@ -21,6 +21,8 @@ import secrets
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -67,34 +69,56 @@ def _refuse(path: Path, why: str, fix: str) -> GuardError:
     return GuardError(f"the autoexp-mcp key file {path} {why}; {fix} (or set {KEY_ENV} to another path).")
 
 
-def _check_stat(path: Path, st: os.stat_result) -> None:
+@dataclass(frozen=True)
+class PrivateFile:
+    """How to refuse a secret file that is not safe to read, in the words of what it holds."""
+
+    refuse: Callable[[str, str], GuardError]  # (why, fix) -> the error
+    symlink_fix: str
+    not_regular_fix: str
+    owner_fix: str
+
+
+def _check_private(path: Path, st: os.stat_result, how: PrivateFile) -> None:
     if stat.S_ISLNK(st.st_mode):
-        raise _refuse(path, "is a symlink", f"replace it with the regular file it points to (`chmod 600 {path}`)")
+        raise how.refuse("is a symlink", how.symlink_fix)
     if not stat.S_ISREG(st.st_mode):
-        raise _refuse(path, "is not a regular file", "move it away so that a new key is created")
+        raise how.refuse("is not a regular file", how.not_regular_fix)
     if st.st_uid != os.getuid():
-        raise _refuse(path, f"belongs to uid {st.st_uid}, not to you ({os.getuid()})", "use a key of your own")
+        raise how.refuse(f"belongs to uid {st.st_uid}, not to you ({os.getuid()})", how.owner_fix)
     if st.st_mode & 0o077:
-        raise _refuse(
-            path, f"is open to group or others (mode {stat.S_IMODE(st.st_mode):o})", f"run `chmod 600 {path}`"
-        )
+        raise how.refuse(f"is open to group or others (mode {stat.S_IMODE(st.st_mode):o})", f"run `chmod 600 {path}`")
 
 
-def _read(path: Path) -> bytes | None:
-    """The key in `path`, or None when there is none; refuses an unsafe file."""
+def read_private(path: Path, limit: int, how: PrivateFile) -> bytes | None:
+    """At most `limit` bytes of a secret file, or None when there is none: only a regular file of
+    this user's, mode 0600 or stricter, checked before and after the open (no symlink swapped in)."""
     try:
-        _check_stat(path, os.lstat(path))
+        _check_private(path, os.lstat(path), how)
         # O_NOFOLLOW: no symlink swapped in after the lstat; O_NONBLOCK: a FIFO does not hang the open.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise _refuse(path, f"cannot be read ({e.strerror})", "fix its permissions") from None
+        raise how.refuse(f"cannot be read ({e.strerror})", "fix its permissions") from None
     try:
-        _check_stat(path, os.fstat(fd))
-        data = os.read(fd, KEY_BYTES + 1)
+        _check_private(path, os.fstat(fd), how)
+        return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def _read(path: Path) -> bytes | None:
+    """The key in `path`, or None when there is none; refuses an unsafe file."""
+    how = PrivateFile(
+        refuse=lambda why, fix: _refuse(path, why, fix),
+        symlink_fix=f"replace it with the regular file it points to (`chmod 600 {path}`)",
+        not_regular_fix="move it away so that a new key is created",
+        owner_fix="use a key of your own",
+    )
+    data = read_private(path, KEY_BYTES + 1, how)
+    if data is None:
+        return None
     if len(data) != KEY_BYTES:
         raise _refuse(path, f"holds {len(data)} bytes, not {KEY_BYTES}", "restore the key file you had")
     return data

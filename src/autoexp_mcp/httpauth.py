@@ -28,7 +28,6 @@ import logging
 import os
 import secrets
 import socket
-import stat
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .auth import PrivateFile, read_private
 from .errors import ConfigError, GuardError
 
 log = logging.getLogger("autoexp_mcp")
@@ -73,19 +73,6 @@ def _refuse(path: Path, why: str, fix: str) -> GuardError:
     return GuardError(f"the token file {path} {why}; {fix}.")
 
 
-def _check_file(path: Path, st: os.stat_result) -> None:
-    if stat.S_ISLNK(st.st_mode):
-        raise _refuse(path, "is a symlink", "give the path of the regular file it points to")
-    if not stat.S_ISREG(st.st_mode):
-        raise _refuse(path, "is not a regular file", "give a file that holds the token")
-    if st.st_uid != os.getuid():
-        raise _refuse(path, f"belongs to uid {st.st_uid}, not to you ({os.getuid()})", "use a token file of your own")
-    if st.st_mode & 0o077:
-        raise _refuse(
-            path, f"is open to group or others (mode {stat.S_IMODE(st.st_mode):o})", f"run `chmod 600 {path}`"
-        )
-
-
 def _valid(text: str, where: str) -> str:
     token = text.strip()
     if len(token) < MIN_TOKEN_CHARS or len(token) > MAX_TOKEN_CHARS:
@@ -100,18 +87,15 @@ def _valid(text: str, where: str) -> str:
 
 def read_token_file(path: Path) -> str | None:
     """The token in `path`, or None when there is no such file; refuses an unsafe file."""
-    try:
-        _check_file(path, os.lstat(path))
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    how = PrivateFile(
+        refuse=lambda why, fix: _refuse(path, why, fix),
+        symlink_fix="give the path of the regular file it points to",
+        not_regular_fix="give a file that holds the token",
+        owner_fix="use a token file of your own",
+    )
+    data = read_private(path, MAX_TOKEN_CHARS + 2, how)
+    if data is None:
         return None
-    except OSError as e:
-        raise _refuse(path, f"cannot be read ({e.strerror})", "fix its permissions") from None
-    try:
-        _check_file(path, os.fstat(fd))
-        data = os.read(fd, MAX_TOKEN_CHARS + 2)
-    finally:
-        os.close(fd)
     try:
         return _valid(data.decode("ascii"), str(path))
     except UnicodeDecodeError:
