@@ -149,6 +149,47 @@ def harness_config(
     return text + extra + (f'\n[sandbox]\nmode = "{sandbox}"\n' if sandbox else "")
 
 
+PIPELINE_CONFIG = textwrap.dedent(
+    """\
+    [experiment]
+    tag = "pipe"
+    target = "stage1.txt"
+    eval = "{python} evaluate.py"
+    timeout = 20
+
+    [[stage]]
+    name = "prep"
+    target = "stage1.txt"
+    [[stage.metric]]
+    name = "quality"
+    direction = "max"
+    [stage.budget]
+    max_experiments = 2
+
+    [[stage]]
+    name = "train"
+    target = "stage2.txt"
+    [[stage.metric]]
+    name = "loss"
+    direction = "min"
+    [stage.budget]
+    max_experiments = {stage2_budget}
+    """
+)
+PIPELINE_HARNESS = (
+    "q = float(open('stage1.txt').read())\nlr = float(open('stage2.txt').read())\n"
+    "print('quality:', q)\nprint('loss:', abs(lr - 0.1) + 1 / q)\n"
+)
+
+
+def pipeline_repo(path: Path, stage2_budget: int = 2) -> Path:
+    """A two-stage pipeline: `prep` tunes stage1.txt (quality, 2 experiments), then `train`
+    tunes stage2.txt (loss)."""
+    cfg = PIPELINE_CONFIG.format(python=sys.executable, stage2_budget=stage2_budget)
+    files = {"stage1.txt": "1\n", "stage2.txt": "0.5\n", "evaluate.py": PIPELINE_HARNESS, "autoexp.toml": cfg}
+    return init_repo(path, files)
+
+
 MakeRepo = Callable[..., Path]
 
 

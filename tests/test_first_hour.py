@@ -182,44 +182,10 @@ def test_a_config_change_that_makes_results_incomparable_is_refused_with_the_way
 
 # --- the CLI in a pipeline's later stage -------------------------------------------------------
 
-PIPELINE = textwrap.dedent(
-    """\
-    [experiment]
-    tag = "pipe"
-    target = "stage1.txt"
-    eval = "{python} evaluate.py"
-    timeout = 20
-
-    [[stage]]
-    name = "prep"
-    target = "stage1.txt"
-    [[stage.metric]]
-    name = "quality"
-    direction = "max"
-    [stage.budget]
-    max_experiments = 2
-
-    [[stage]]
-    name = "train"
-    target = "stage2.txt"
-    [[stage.metric]]
-    name = "loss"
-    direction = "min"
-    [stage.budget]
-    max_experiments = 3
-    """
-)
-PIPELINE_HARNESS = (
-    "q = float(open('stage1.txt').read())\nlr = float(open('stage2.txt').read())\n"
-    "print('quality:', q)\nprint('loss:', abs(lr - 0.1) + 1 / q)\n"
-)
-
-
 def test_status_and_prompt_in_a_later_stage_speak_of_that_stage(tmp_path: Path) -> None:
-    from conftest import init_repo
+    from conftest import pipeline_repo
 
-    files = {"stage1.txt": "1\n", "stage2.txt": "0.5\n", "evaluate.py": PIPELINE_HARNESS}
-    repo = init_repo(tmp_path / "repo", {**files, "autoexp.toml": PIPELINE.format(python=sys.executable)})
+    repo = pipeline_repo(tmp_path / "repo", stage2_budget=3)
     exp = Experiment(repo)
     try:
         baseline(exp)

@@ -210,40 +210,9 @@ async def test_drift_check_updates_the_incumbent(tmp_path: Path) -> None:
 
 
 async def test_two_stage_pipeline_freezes_the_first_target(tmp_path: Path) -> None:
-    cfg = textwrap.dedent(
-        f"""\
-        [experiment]
-        tag = "pipe"
-        target = "stage1.txt"
-        eval = "{sys.executable} evaluate.py"
-        timeout = 20
+    from conftest import pipeline_repo
 
-        [[stage]]
-        name = "prep"
-        target = "stage1.txt"
-        [[stage.metric]]
-        name = "quality"
-        direction = "max"
-        [stage.budget]
-        max_experiments = 2
-
-        [[stage]]
-        name = "train"
-        target = "stage2.txt"
-        [[stage.metric]]
-        name = "loss"
-        direction = "min"
-        [stage.budget]
-        max_experiments = 2
-        """
-    )
-    harness = (
-        "q = float(open('stage1.txt').read())\nlr = float(open('stage2.txt').read())\n"
-        "print('quality:', q)\nprint('loss:', abs(lr - 0.1) + 1 / q)\n"
-    )
-    repo = init_repo(
-        tmp_path / "repo", {"stage1.txt": "1\n", "stage2.txt": "0.5\n", "evaluate.py": harness, "autoexp.toml": cfg}
-    )
+    repo = pipeline_repo(tmp_path / "repo")
     exp = Experiment(repo)
     async with Client(build_server(exp)) as c:
         st = await call(c, "budget_status")
