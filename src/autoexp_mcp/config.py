@@ -285,6 +285,38 @@ class ResourcesConfig(_Frozen):
         return len(self.gpus) or self.slots
 
 
+class ExecutorConfig(_Frozen):
+    """Where each eval run executes: on this machine (sandboxed), or as a job of the user's
+    Slurm or Ray cluster. The server still decides: it reads the run's output and applies the rule."""
+
+    kind: Literal["local", "slurm", "ray"] = Field("local", description="local | slurm | ray")
+    # Slurm: sbatch options; the repository must be on a file system the nodes share.
+    partition: str | None = Field(None, description="slurm: --partition")
+    account: str | None = Field(None, description="slurm: --account")
+    gres: str | None = Field(None, description='slurm: --gres, e.g. "gpu:1"')
+    cpus_per_task: int | None = Field(None, ge=1, description="slurm: --cpus-per-task")
+    time: str | None = Field(
+        None, description="slurm: --time; default: the eval's timeout plus a minute (the server cancels at the timeout)"
+    )
+    extra_args: tuple[str, ...] = Field((), description='slurm: more sbatch arguments, e.g. ["--qos=short"]')
+    # Ray: the job submission API (the dashboard's address).
+    address: str = Field("http://127.0.0.1:8265", description="ray: the dashboard address jobs are submitted to")
+    num_cpus: float | None = Field(None, ge=0, description="ray: entrypoint_num_cpus")
+    num_gpus: float | None = Field(None, ge=0, description="ray: entrypoint_num_gpus")
+    entrypoint_resources: dict[str, float] = Field(default_factory=dict, description="ray: custom resources")
+    poll_seconds: float = Field(0.5, gt=0, le=60, description="longest pause between two looks at a job's state")
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for a in v:
+            if not a.startswith("-"):
+                raise ValueError(f"extra_args entry {a!r} must be an sbatch option such as \"--qos=short\"")
+            if a.split("=")[0] in ("--output", "-o", "--error", "-e", "--chdir", "-D", "--wrap", "--export"):
+                raise ValueError(f"extra_args entry {a!r} sets what the server must control (output, directory, env)")
+        return v
+
+
 class StageConfig(_Frozen):
     name: str
     target: str
@@ -307,6 +339,7 @@ class Config(_Frozen):
     stage: tuple[StageConfig, ...] = ()
     sandbox: SandboxConfig = SandboxConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -315,6 +348,13 @@ class Config(_Frozen):
         _check_metrics(self.metric, self.policy, "[[metric]]")
         for i, st in enumerate(self.stage):
             _check_metrics(st.metric, st.policy or self.policy, f"[[stage]] #{i + 1} ({st.name})")
+        if self.executor.kind == "ray":
+            for m in (*self.metric, *(m for st in self.stage for m in st.metric)):
+                if m.file is not None or m.channel == "fd":
+                    raise ValueError(
+                        f"metric {m.name!r}: a Ray job's files and descriptors stay on its node; with "
+                        '[executor] kind = "ray" the eval must print its metrics (drop file / channel)'
+                    )
         return self
 
     # --- derived views ------------------------------------------------------------------

@@ -244,6 +244,12 @@ class Git:
         assert isinstance(data, bytes)
         return data
 
+    def archive(self, sha: str) -> bytes:
+        """The commit's tree as a tar archive (a run's snapshot for a remote executor)."""
+        data = self._g.archive("--format=tar", _sha(sha), stdout_as_string=False, strip_newline_in_stdout=False)
+        assert isinstance(data, bytes)
+        return data
+
     def is_tracked(self, path: str) -> bool:
         return bool(str(self._g.ls_files("--error-unmatch", "--", path, with_exceptions=False)).strip())
 

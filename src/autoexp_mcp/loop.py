@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import budget as budgetmod
-from . import guard, ledger, measure, opening, policy, preflight, runs, views
+from . import executors, guard, ledger, measure, opening, policy, preflight, runs, views
 from .config import CONFIG_FILE, Config, load_config, with_tag
 from .errors import BudgetExhausted, GuardError, OrderError
 from .gitops import Git
@@ -123,6 +123,8 @@ class Experiment:
                 integrity=self._integrity,
                 restore_target=self._target_rewritten,
                 hidden=lambda: [*self._git_dirs, *self.hidden_extra()],
+                executor=executors.make(self.full_cfg.executor),
+                submitted=self._job_submitted,
             )
             opening.check_git_code_config(self.git, self.root, self.full_cfg.experiment.tag, accept_git_config)
             self.git.ensure_excluded()
@@ -181,6 +183,17 @@ class Experiment:
 
     def _expected_head(self) -> str:
         return preflight.expected_head(self.state)
+
+    def _job_submitted(self, label: str, facts: executors.JobFacts) -> None:
+        """A scheduler took a run: its job id is persisted, so a restarted server follows the job
+        to its end instead of starting a second one."""
+        with self._lock:
+            p = self.state.pending
+            if p is not None and self.state.phase == Phase.RUNNING:
+                p.remote_run = {"label": label, "executor": facts.executor, "job_id": facts.job_id}
+                if facts.scratch:
+                    p.remote_run["scratch"] = facts.scratch
+                self._save()
 
     def _save(self, durable: bool = True) -> None:
         save_state(self.root, self.state, durable)
@@ -359,6 +372,8 @@ class Experiment:
             st = self.state
             if st.phase == Phase.EVALUATED:
                 return None
+            if self._job is None or self._job.done.is_set():
+                self.evaluator.executor.ready()  # a scheduler that is down: say so and spend nothing
             if st.phase == Phase.IDLE:  # the baseline
                 self._require_budget()
                 if st.experiments == 0:  # the wall clock starts with the first run, not at the first server start
@@ -528,6 +543,8 @@ class Experiment:
             )
             if r.slot is not None:
                 fields.update(slot=r.slot, slot_wait_s=r.slot_wait_s)
+            if r.remote is not None:
+                fields.update(r.remote.model_dump())
             if p.drift_note:
                 fields["drift"] = p.drift_note
             if st.config_note:

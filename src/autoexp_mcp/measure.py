@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import metrics, policy, runs
+from . import executors, metrics, policy, runs
 from .config import Config, MetricConfig
 from .errors import EvalError
-from .runner import EvalProcess, RunOutcome
+from .executors import Executor, JobFacts, LocalExecutor, RunHandle
+from .runner import RunOutcome
 from .slots import SlotPool
-from .state import STATE_DIR, EvalResult, Point
+from .state import STATE_DIR, EvalResult, Point, RemoteJob
 
 log = logging.getLogger("autoexp_mcp")
 
@@ -54,7 +55,9 @@ class Job:
         self.exp = exp
         self.run = run
         self.run_id = f"{uuid.uuid4().hex[:12]}-{run}"
-        self.current: EvalProcess | None = None
+        self.current: RunHandle | None = None
+        self.job_facts: JobFacts | None = None  # the scheduler's job of the last run (slurm, ray)
+        self.queue_wait_s: dict[str, float] = {}  # by job id: time in the scheduler's queue
         self.current_hidden = False  # the current run is the hold-out: its output never reaches a tool result
         self.last_tail = ""  # the output tail of the last visible run
         self.repeats_done = 0
@@ -91,6 +94,17 @@ class Job:
             return self.last_tail + "\n[autoexp: the hold-out check is running; its output is not shown]"
         return proc.tail(TAIL_BYTES)
 
+    def remote_result(self) -> RemoteJob | None:
+        """The scheduler's job of the last run, its queue wait summed over the job's runs."""
+        f = self.job_facts
+        if f is None:
+            return None
+        self.queue_wait_s.setdefault(f.job_id, f.queue_wait_s)
+        self.queue_wait_s[f.job_id] = f.queue_wait_s
+        return RemoteJob(
+            executor=f.executor, job_id=f.job_id, node=f.node, queue_wait_s=round(sum(self.queue_wait_s.values()), 3)
+        )
+
     def cancel(self) -> None:
         self.cancelled = True
         proc = self.current
@@ -108,6 +122,13 @@ class Task:
     baseline: bool
     incumbent: Point | None
     index: int  # the experiment's index within its stage (drift_every, the policy's schedule)
+
+
+def _queued(remote: RemoteJob | None) -> str:
+    if remote is None:
+        return ""
+    where = f" on {remote.node}" if remote.node else ""
+    return f" as {remote.executor} job {remote.job_id}{where}, after {remote.queue_wait_s:.1f}s in its queue"
 
 
 def incumbent_values(
@@ -141,8 +162,12 @@ class Evaluator:
         integrity: Callable[[str], list[str]],
         restore_target: Callable[[str], bool],
         hidden: Callable[[], list[Path]],
+        executor: Executor | None = None,
+        submitted: Callable[[str, JobFacts], None] = lambda label, facts: None,
     ) -> None:
         self.root = root
+        self.executor: Executor = executor or LocalExecutor()
+        self.submitted = submitted  # a scheduler took a run: persist its job id (a restart re-attaches)
         self.iso = iso
         self.slots = slots
         self.lock = lock
@@ -256,6 +281,7 @@ class Evaluator:
                 log_truncated=truncated,
                 returncode=rc,
                 tail="" if holdout else job.last_tail,
+                remote=job.remote_result(),
             )
 
             def failed(status: str, reason: str, facts: dict[str, Any] = run_facts) -> EvalResult:
@@ -270,7 +296,7 @@ class Evaluator:
             if out.status == "timeout":
                 return failed("timeout", f"the eval ran past the timeout of {timeout:g}s and was killed")
             if out.status == "crash":
-                return failed("crash", "the eval " + runs.describe_exit(out.returncode, self.iso.active))
+                return failed("crash", out.error or "the eval " + runs.describe_exit(out.returncode, self.iso.active))
             if not ex.ok:
                 return failed("crash", "no usable metric: " + ex.summary())
             for name_, v in ex.values.items():
@@ -289,9 +315,11 @@ class Evaluator:
             tail="" if holdout else job.last_tail,
             reason=f"measured in {elapsed:.1f}s"
             + (f" over {repeats} runs" if repeats > 1 else "")
-            + (f" (after {job.slot_wait_s:.1f}s waiting for an eval slot)" if job.slot_wait_s >= 0.1 else ""),
+            + (f" (after {job.slot_wait_s:.1f}s waiting for an eval slot)" if job.slot_wait_s >= 0.1 else "")
+            + _queued(job.remote_result()),
             slot=job.slot,
             slot_wait_s=job.slot_wait_s,
+            remote=job.remote_result(),
         )
 
     def _run_once(
@@ -305,6 +333,8 @@ class Evaluator:
         metric_cfgs: Sequence[MetricConfig],
         holdout: bool,
     ) -> tuple[RunOutcome, metrics.Extraction]:
+        if self.executor.name != "local":  # the scheduler queues and places runs, not this machine's slots
+            return self._run_in_slot(job, task, argv, log_name, repeat, timeout, metric_cfgs, holdout, {})
         job.waiting = True
         try:
             with self.slots.hold(lambda: job.cancelled) as slot:
@@ -348,10 +378,14 @@ class Evaluator:
             holdout=holdout,
         )
         try:
-            proc = plan.start()
+            proc = self.executor.start(plan, f"autoexp run {job.run_id} ({log_name})", task.commit)
             job.current = proc
             job.current_hidden = holdout
+            job.job_facts = executors.facts(proc)
+            if job.job_facts is not None:
+                self.submitted(log_name, job.job_facts)
             proc.wait()
+            job.job_facts = executors.facts(proc)
             out = proc.outcome
             assert out is not None
             if not holdout:

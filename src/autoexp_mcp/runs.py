@@ -130,7 +130,15 @@ class RunPlan:
         return [m.file for m in self.metric_cfgs if m.file]
 
     def start(self) -> EvalProcess:
-        self._scratch = Path(tempfile.mkdtemp(prefix="autoexp-run-"))
+        return EvalProcess(self.prepare())
+
+    def prepare(self, scratch_in: Path | None = None) -> RunSpec:
+        """Everything the run needs, made ready: the sandbox's command line, the metric file
+        binds and the fresh log file. `scratch_in` is where the run's scratch directory goes
+        (default: the system's temp dir; a job on another node needs a shared file system)."""
+        if scratch_in is not None:
+            scratch_in.mkdir(parents=True, exist_ok=True)
+        self._scratch = Path(tempfile.mkdtemp(prefix="autoexp-run-", dir=scratch_in))
         env = dict(self.env)
         argv: Sequence[str] = self.argv
         _check_command(self.argv, self.root, env.get("PATH"))
@@ -169,7 +177,7 @@ class RunPlan:
             self._before = {rel: _stat_sig(self.root / rel) for rel in self._metric_files()}
         log_root = self.log_root or self.root
         log_fd = fsafe.create_beneath(log_root, self.log_rel)
-        spec = RunSpec(
+        return RunSpec(
             argv=argv,
             cwd=self.root,
             env=env,
@@ -182,7 +190,35 @@ class RunPlan:
             log_fd=log_fd,
             metric_channel=any(m.channel == "fd" for m in self.metric_cfgs),
         )
-        return EvalProcess(spec)
+
+    def spec_for_attach(self, scratch: Path | None) -> RunSpec:
+        """The spec of a run an earlier server started on a scheduler, which still writes its
+        log: nothing is made afresh; `scratch` is the run's scratch directory, as recorded."""
+        self._scratch = scratch if scratch is not None and scratch.is_dir() else None
+        if self.iso.active and self._scratch is not None:
+            writable = tuple(self.root / w for w in self.cfg.sandbox.writable)
+            bound = [r for r in self._metric_files() if not any((self.root / r).is_relative_to(w) for w in writable)]
+            self._binds = {rel: self._scratch / f"metric-{i}" for i, rel in enumerate(bound)}
+        return RunSpec(
+            argv=self.argv,
+            cwd=self.root,
+            env=self.env,
+            timeout_s=self.timeout,
+            log_path=(self.log_root or self.root) / self.log_rel,
+            max_log_bytes=self.cfg.experiment.max_log_bytes,
+            run_id=self.run_id,
+            metric_channel=any(m.channel == "fd" for m in self.metric_cfgs),
+        )
+
+    @property
+    def scratch(self) -> Path | None:
+        """The run's scratch directory (removed by close()), once prepared."""
+        return self._scratch
+
+    def hidden(self) -> list[Path]:
+        """What the eval must not see: `.git`, `.autoexp/`, the ledger, the hold-out's files
+        (but in the hold-out run) and the key."""
+        return self._hidden()
 
     def metric_files(self) -> dict[str, str | metrics.MetricFileError | None]:
         """Each metric file's text, read once now (right after the run, without following

@@ -56,6 +56,15 @@ class Point(_Model):
     experiment: int | None = None
 
 
+class RemoteJob(_Model):
+    """The scheduler's job that ran (the last of) a result's runs."""
+
+    executor: str  # slurm | ray
+    job_id: str
+    node: str | None = None
+    queue_wait_s: float = 0.0  # in the scheduler's queue: not eval time, not against the timeout
+
+
 class EvalResult(_Model):
     status: str  # done | crash | timeout
     metrics: dict[str, float | None] = Field(default_factory=dict)
@@ -72,6 +81,7 @@ class EvalResult(_Model):
     drift_values: dict[str, list[float]] | None = None
     slot: str | None = None  # the eval slot the (last) run held
     slot_wait_s: float = 0.0  # waiting for slots, not counted in elapsed_s nor against the timeout
+    remote: RemoteJob | None = None  # set when a scheduler ran it ([executor] kind = "slurm" | "ray")
 
 
 class DecisionState(_Model):
@@ -105,6 +115,8 @@ class Pending(_Model):
     decision: DecisionState | None = None
     drift_note: str | None = None
     auto: AutoLog | None = None  # set by `experiment`: the server decides and logs this run
+    # The scheduler's job of the run going on (by its log name): a restart follows it to its end.
+    remote_run: dict[str, str] | None = None
 
 
 class State(_Model):

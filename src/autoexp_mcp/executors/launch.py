@@ -1,0 +1,77 @@
+"""The shell script a scheduler runs for one eval run (a Slurm batch script, a Ray job's
+entrypoint): exactly the eval's environment, its resource limits, its sandbox where the node
+has bubblewrap, and its output passed on through a pipe.
+
+The pipe matters: a job's output file is what the server reads the metrics from, and an eval
+holding that file as its stdout could rewrite what it printed earlier. Behind a pipe it can
+only add to it, as with a local run; the file itself is hidden from a sandboxed eval.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..runner import METRIC_FD_VAR
+
+# What a scheduler sets for the job and the eval needs: its devices and its allocation.
+PASSTHROUGH = (
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL",
+    "SLURM_JOB_ID",
+    "SLURM_JOB_NODELIST",
+    "SLURM_CPUS_ON_NODE",
+    "SLURM_CPUS_PER_TASK",
+    "SLURM_JOB_GPUS",
+    "RAY_JOB_ID",
+)
+CHANNEL_FD = 3
+WORKDIR = "$PWD"  # stands for the job's working directory in a sandbox command line
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: Sequence[str]  # the eval's command, already wrapped in bwrap when sandboxed
+    env: Mapping[str, str]
+    sandboxed: bool = False
+    cpu_seconds: int | None = None
+    memory_mb: int | None = None
+    channel: str | None = None  # a file the metric channel (fd 3) writes to
+    workdir_word: str | None = None  # an argv word to replace by the job's working directory
+
+
+def _word(w: str, workdir_word: str | None) -> str:
+    if workdir_word is not None and w == workdir_word:
+        return '"$PWD"'
+    return shlex.quote(w)
+
+
+def script(launch: Launch, title: str) -> str:
+    """A bash script that runs the eval once and exits with its status."""
+    lines = ["#!/bin/bash", f"# {title}: written by the server; it runs the eval and nothing else", "set -o pipefail"]
+    if launch.cpu_seconds is not None:
+        lines.append(f"ulimit -t {int(launch.cpu_seconds)}")
+    if launch.memory_mb is not None:
+        lines.append(f"ulimit -v {int(launch.memory_mb) * 1024}")
+    if launch.sandboxed:
+        lines.append(
+            'BWRAP=$(command -v bwrap) || { echo "autoexp: bubblewrap is not installed on $(hostname), so the '
+            "eval cannot run sandboxed there: install it on the nodes, or set [sandbox] mode = \\\"none\\\"\" >&2; "
+            "exit 126; }"
+        )
+    env = dict(launch.env)
+    if launch.channel is not None:
+        lines.append(f"exec {CHANNEL_FD}>{shlex.quote(launch.channel)}")
+        env[METRIC_FD_VAR] = str(CHANNEL_FD)
+    words = ["env", "-i", *(shlex.quote(f"{k}={v}") for k, v in env.items())]
+    words += [f'${{{k}+"{k}=${k}"}}' for k in PASSTHROUGH if k not in env]
+    argv = list(launch.argv)
+    if launch.sandboxed:  # the node's own bubblewrap, wherever it is installed there
+        words.append('"$BWRAP"')
+        argv = argv[1:]
+    words += (_word(w, launch.workdir_word) for w in argv)
+    lines.append(" ".join(words) + " </dev/null 2>&1 | cat")
+    return "\n".join(lines) + "\n"

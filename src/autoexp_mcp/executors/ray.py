@@ -1,0 +1,208 @@
+"""Each eval run as a Ray job, submitted to the cluster's job API (the optional extra
+`autoexp-mcp[ray]` installs the client).
+
+The job's `working_dir` is a snapshot of the run's commit (plus the target as the run has
+it), made for this run alone: no `.git`, `.autoexp/`, ledger or hold-out files, and a nonce
+so that Ray unpacks it afresh instead of reusing a directory an earlier run could have
+written into. Data too large to ship belongs on storage the nodes share, named by an
+absolute path or an environment variable. Where the node has bubblewrap and the server
+sandboxes its evals, the job's command runs in the same sandbox around its working dir.
+The output is read back from Ray's job logs when the job ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import shlex
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..config import ExecutorConfig
+from ..errors import EvalError
+from ..runs import RunPlan, describe_exit
+from . import launch
+from .base import JobState, RemoteRun
+
+NONCE_FILE = ".autoexp-run"  # a per-run file: the snapshot's content hash, and so Ray's unpacked copy, is new
+
+
+def _client_class() -> Any:
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError:
+        raise EvalError(
+            '[executor] kind = "ray" needs the Ray job client: pip install "autoexp-mcp[ray]" '
+            "(or ray[default]) in the server's environment."
+        ) from None
+    # The client logs each upload at INFO on the server's stderr, a line per run: keep it to warnings.
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return JobSubmissionClient
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, client: Any, log_path: Path) -> None:
+        self.client = client
+        self.log_path = log_path
+
+    def _ask(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:  # the client raises RuntimeError, ConnectionError, requests errors
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "does not exist" in text or "not found" in text.lower():
+                raise LookupError(text) from None
+            raise EvalError(f"cannot {what}: {text}") from None
+
+    def look(self, job_id: str) -> JobState:
+        try:
+            info = self._ask("ask Ray for the job's state", self.client.get_job_info, job_id)
+        except LookupError:
+            return JobState("unknown", detail="is not known to the Ray cluster (restarted, or the job was deleted)")
+        status = str(getattr(info.status, "value", info.status))
+        node = (info.driver_node_id or "")[:12] or None
+        rc = info.driver_exit_code
+        if status == "PENDING":
+            return JobState("pending", node, detail=info.message or status)
+        if status == "RUNNING":
+            return JobState("running", node, detail=status)
+        if status == "SUCCEEDED":
+            return JobState("ended", node, rc if rc is not None else 0, ok=True, detail=status)
+        if status == "FAILED" and rc is not None:
+            return JobState("ended", node, rc, detail=f"FAILED: the eval {describe_exit(rc, True)}")
+        why = "was stopped" if status == "STOPPED" else f"ended {status}"
+        return JobState("ended", node, rc, detail=f"{why} ({(info.message or '').strip()[:300]})")
+
+    def cancel(self, job_id: str) -> None:
+        with contextlib.suppress(LookupError):
+            self._ask(f"stop Ray job {job_id}", self.client.stop_job, job_id)
+
+    def output(self, job_id: str) -> bytes:
+        try:
+            text = self._ask("read the Ray job's logs", self.client.get_job_logs, job_id)
+        except LookupError as e:
+            raise EvalError(str(e)) from None
+        data = str(text).encode("utf-8", errors="replace")
+        with open(self.log_path, "wb") as f:  # the run's record, as for a local run
+            f.write(data)
+        return data
+
+    def output_tail(self, job_id: str, n: int) -> bytes:
+        try:
+            text = self._ask("read the Ray job's logs", self.client.get_job_logs, job_id)
+        except LookupError:
+            return b""
+        return str(text).encode("utf-8", errors="replace")[-n:]
+
+
+def snapshot(plan: RunPlan, commit: str, dest: Path) -> None:
+    """The run's working dir: the commit's tree without what the eval must not see, the target
+    as the worktree has it now (a drift run measures the incumbent's version), and a nonce."""
+    from ..gitops import Git
+
+    try:
+        data = Git(plan.root).archive(commit)
+    except Exception as e:
+        raise EvalError(f"cannot snapshot commit {commit[:12]} for Ray: {e}") from None
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    for hidden in plan.hidden():
+        with contextlib.suppress(ValueError):
+            inside = dest / hidden.relative_to(plan.root)
+            if inside.is_dir() and not inside.is_symlink():
+                shutil.rmtree(inside)
+            elif inside.exists() or inside.is_symlink():
+                inside.unlink()
+    target = plan.cfg.experiment.target
+    (dest / target).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(plan.root / target, dest / target, follow_symlinks=False)
+    (dest / NONCE_FILE).write_text(plan.run_id + "\n")
+
+
+class RayExecutor:
+    """Submits each run as a Ray job and follows it until it ends."""
+
+    name = "ray"
+
+    def __init__(self, cfg: ExecutorConfig) -> None:
+        self.cfg = cfg
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            cls = _client_class()
+            try:
+                self._client = cls(self.cfg.address)
+            except Exception as e:
+                raise EvalError(
+                    f"cannot reach the Ray cluster at {self.cfg.address}: {str(e).strip().splitlines()[0]}. "
+                    "Start it (ray start --head), or fix [executor] address."
+                ) from None
+        return self._client
+
+    def ready(self) -> None:
+        RayBackend(self.client(), Path(os.devnull))._ask(
+            f"reach the Ray cluster at {self.cfg.address}", self.client().get_version
+        )
+
+    def describe(self) -> str:
+        res = [f"{k}={v}" for k, v in (("num_cpus", self.cfg.num_cpus), ("num_gpus", self.cfg.num_gpus)) if v]
+        res += [f"{k}={v}" for k, v in self.cfg.entrypoint_resources.items()]
+        return f"Ray jobs at {self.cfg.address}" + (f" ({', '.join(res)})" if res else "")
+
+    def start(self, plan: RunPlan, title: str, commit: str) -> RemoteRun:
+        client = self.client()
+        scratch = plan.root / ".autoexp" / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="autoexp-ray-", dir=scratch))
+        work = tmp / "snapshot"
+        inner = dataclasses.replace(plan, root=work, log_root=plan.root)
+        try:
+            snapshot(plan, commit, work)
+            spec = inner.prepare(scratch_in=tmp)
+            if spec.log_fd is not None:
+                os.close(spec.log_fd)
+            body = launch.script(
+                launch.Launch(
+                    argv=spec.argv,
+                    env=spec.env,
+                    sandboxed=plan.iso.active,
+                    cpu_seconds=spec.cpu_seconds,
+                    memory_mb=spec.memory_mb,
+                    workdir_word=str(work),
+                ),
+                title,
+            )
+            backend = RayBackend(client, spec.log_path)
+            kwargs: dict[str, Any] = {
+                "entrypoint": "bash -c " + shlex.quote(body),
+                "submission_id": f"autoexp-{plan.run_id}-{os.urandom(3).hex()}",
+                "runtime_env": {"working_dir": str(work)},
+                "metadata": {"autoexp_run": plan.run_id},
+            }
+            if self.cfg.num_cpus is not None:
+                kwargs["entrypoint_num_cpus"] = self.cfg.num_cpus
+            if self.cfg.num_gpus is not None:
+                kwargs["entrypoint_num_gpus"] = self.cfg.num_gpus
+            if self.cfg.entrypoint_resources:
+                kwargs["entrypoint_resources"] = dict(self.cfg.entrypoint_resources)
+            job_id = backend._ask("submit the eval to Ray", lambda: client.submit_job(**kwargs))
+        finally:  # Ray has uploaded the snapshot by now: the node unpacks its own copy
+            inner.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return RemoteRun(backend, str(job_id), spec, poll_s=self.cfg.poll_seconds)
+
+    def attach(self, plan: RunPlan, job_id: str, scratch: Path | None = None) -> RemoteRun:
+        spec = plan.spec_for_attach(None)
+        return RemoteRun(RayBackend(self.client(), spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds)
+

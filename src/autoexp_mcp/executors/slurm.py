@@ -1,0 +1,200 @@
+"""Each eval run as a Slurm batch job, through the Slurm commands (sbatch, scontrol, scancel):
+no Python dependency, and the same commands a user would type.
+
+The job runs in the lane's worktree, which must be on a file system the nodes share; its
+output goes to the run's log under `.autoexp/runs/`, which the server reads after the job
+ends (and which a sandboxed eval cannot see). The job's time limit is the eval's timeout plus
+a margin; the server itself cancels the job at the timeout, counted from when it started to
+run, so time in the queue is not eval time. State is read with `scontrol show job`, which
+needs no accounting database.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..config import ExecutorConfig
+from ..errors import EvalError
+from ..runs import RunPlan, describe_exit
+from . import launch
+from .base import JobState, RemoteRun
+
+COMMAND_TIMEOUT_S = 30.0  # one sbatch/scontrol/scancel call
+TIME_MARGIN_S = 60  # the job's own limit, past the eval's timeout: the server cancels first
+
+PENDING = {"PENDING", "CONFIGURING", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SUSPENDED", "STOPPED", "RESIZING"}
+RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
+REQUEUED = {"REQUEUED", "REQUEUE_FED"}
+WHY = {
+    "CANCELLED": "was cancelled by the scheduler or an administrator",
+    "TIMEOUT": "reached its Slurm time limit",
+    "NODE_FAIL": "was lost: its node failed",
+    "PREEMPTED": "was preempted",
+    "BOOT_FAIL": "could not start: its node failed to boot",
+    "DEADLINE": "missed its deadline",
+    "OUT_OF_MEMORY": "ran out of memory",
+}
+
+
+def _run(argv: list[str], what: str) -> str:
+    exe = shutil.which(argv[0])
+    if exe is None:
+        raise EvalError(
+            f"cannot {what}: the Slurm command {argv[0]!r} is not on PATH. Install the Slurm client "
+            '(Debian: apt install slurm-client) or set [executor] kind = "local".'
+        )
+    try:
+        res = subprocess.run(
+            [exe, *argv[1:]], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise EvalError(f"cannot {what}: {argv[0]} did not answer within {COMMAND_TIMEOUT_S:g}s") from None
+    if res.returncode != 0:
+        said = (res.stderr.strip() or res.stdout.strip() or f"exit status {res.returncode}").splitlines()[-1]
+        raise EvalError(f"cannot {what}: {said}")
+    return res.stdout
+
+
+def time_limit(timeout_s: float) -> str:
+    """sbatch --time for an eval timeout: whole minutes, with a margin for the server's cancel."""
+    return str(max(1, math.ceil((timeout_s + TIME_MARGIN_S) / 60)))
+
+
+def parse(text: str) -> JobState:
+    """A job's state from `scontrol show job -o` (one line of Key=Value words)."""
+
+    def field(key: str) -> str | None:
+        m = re.search(rf"(?:^|\s){key}=(\S*)", text)
+        return m.group(1) if m else None
+
+    state = (field("JobState") or "UNKNOWN").split("+")[0]
+    node = field("BatchHost") or field("NodeList")
+    node = None if node in (None, "", "(null)", "None assigned") else node
+    reason = field("Reason") or "None"
+    code, sig = (int(x) for x in (field("ExitCode") or "0:0").split(":")[:2])
+    rc = -sig if sig else code
+    where = f" on {node}" if node else ""
+    if state in PENDING:
+        return JobState("pending", node, detail=f"{state} ({reason})")
+    if state in RUNNING:
+        return JobState("running", node, detail=state)
+    if state == "COMPLETED":
+        return JobState("ended", node, rc, ok=True, detail=f"COMPLETED{where}")
+    if state == "FAILED":
+        return JobState("ended", node, rc, detail=f"FAILED{where}: the eval {describe_exit(rc, True)}")
+    if state in REQUEUED:
+        return JobState("ended", node, rc, detail=f"was requeued{where} (preempted, or its node failed)")
+    why = WHY.get(state, f"ended {state}")
+    return JobState("ended", node, rc, detail=f"{why}{where} (Slurm state {state}, reason {reason})")
+
+
+class SlurmBackend:
+    name = "slurm"
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+
+    def look(self, job_id: str) -> JobState:
+        try:
+            out = _run(["scontrol", "show", "job", "-o", job_id], "ask Slurm for the job's state")
+        except EvalError as e:
+            if "Invalid job id" in str(e):
+                return JobState("unknown", detail="is no longer known to Slurm (purged after it ended, or lost)")
+            raise
+        st = parse(out)
+        if st.phase == "ended" and "requeued" in st.detail:
+            self.cancel(job_id)  # a rerun would measure the same commit twice: stop it
+        return st
+
+    def cancel(self, job_id: str) -> None:
+        _run(["scancel", job_id], f"cancel Slurm job {job_id}")
+
+    def output(self, job_id: str) -> bytes:
+        with open(self.log_path, "rb") as f:
+            return f.read()
+
+    def output_tail(self, job_id: str, n: int) -> bytes:
+        with open(self.log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n))
+            return f.read()
+
+
+class SlurmExecutor:
+    """Submits each run with sbatch and follows it until it ends."""
+
+    name = "slurm"
+
+    def __init__(self, cfg: ExecutorConfig) -> None:
+        self.cfg = cfg
+
+    def ready(self) -> None:
+        """Raises EvalError, saying what to do, when the Slurm controller does not answer."""
+        out = _run(["scontrol", "ping"], "reach the Slurm controller")
+        if " is UP" not in out:
+            raise EvalError(f"the Slurm controller is not up ({out.strip()}); start it, or run with kind = \"local\"")
+
+    def describe(self) -> str:
+        opts = " ".join(self._options(60.0)) or "default options"
+        return f"Slurm jobs (sbatch {opts})"
+
+    def _options(self, timeout_s: float) -> list[str]:
+        c = self.cfg
+        opts = [f"--time={c.time or time_limit(timeout_s)}"]
+        for flag, value in (("partition", c.partition), ("account", c.account), ("gres", c.gres)):
+            if value:
+                opts.append(f"--{flag}={value}")
+        if c.cpus_per_task:
+            opts.append(f"--cpus-per-task={c.cpus_per_task}")
+        return [*opts, *c.extra_args]
+
+    def start(self, plan: RunPlan, title: str, commit: str) -> RemoteRun:
+        spec = plan.prepare(scratch_in=plan.root / ".autoexp" / "scratch")
+        if spec.log_fd is not None:
+            os.close(spec.log_fd)  # Slurm writes the log: it was made fresh, with no symlink at its path
+        scratch = plan.scratch
+        assert scratch is not None
+        channel = scratch / "channel" if spec.metric_channel else None
+        body = launch.script(
+            launch.Launch(
+                argv=spec.argv,
+                env=spec.env,
+                sandboxed=plan.iso.active,
+                cpu_seconds=spec.cpu_seconds,
+                memory_mb=spec.memory_mb,
+                channel=str(channel) if channel else None,
+            ),
+            title,
+        )
+        script = scratch / "job.sh"
+        script.write_text(body)
+        argv = [
+            "sbatch",
+            "--parsable",
+            "--no-requeue",
+            "--export=NONE",
+            f"--job-name=autoexp-{plan.run_id}",
+            f"--chdir={plan.root}",
+            f"--output={spec.log_path}",
+            *self._options(spec.timeout_s),
+            str(script),
+        ]
+        job_id = _run(argv, "submit the eval to Slurm").strip().split(";")[0]
+        if not job_id.isdigit():
+            raise EvalError(f"cannot submit the eval to Slurm: sbatch answered {job_id!r}, not a job id")
+        return RemoteRun(
+            SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel, scratch=scratch
+        )
+
+    def attach(self, plan: RunPlan, job_id: str, scratch: Path | None = None) -> RemoteRun:
+        """Follow a job an earlier server submitted for this run (its log is where it was)."""
+        spec = plan.spec_for_attach(scratch)
+        channel = scratch / "channel" if scratch is not None and spec.metric_channel else None
+        return RemoteRun(
+            SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel, scratch=scratch
+        )
