@@ -239,7 +239,7 @@ def _head_or(repo: Path, default: str) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from . import guard, runs
+    from . import executors, guard, runs
     from .config import CONFIG_FILE, load_config
     from .errors import AutoexpError
     from .metrics import describe
@@ -247,6 +247,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     repo = _repo(args)
     cfg = load_config(repo).for_stage(0)
     exp = cfg.experiment
+    executor = executors.make(cfg.executor)
     guard.resolve_target(repo, exp.target)
     print(f"config:  {repo / CONFIG_FILE} (tag {exp.tag}, target {exp.target})")
     print(f"eval:    {exp.eval}   (timeout {exp.timeout:g}s, cwd {repo})")
@@ -265,7 +266,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = preflight_problems(repo)
     for problem in problems:
         print(f"FAIL:    {_for_shell(problem)}")
-    with tempfile.TemporaryDirectory(prefix="autoexp-check-") as tmp:
+    print(f"runs on: {executor.describe()}")
+    try:
+        executor.ready()
+    except AutoexpError as e:
+        print(f"FAIL:    {e}")
+        return 1
+    # A job on another node writes its log on the shared file system: under .autoexp/, not /tmp.
+    logs_in = None if executor.name == "local" else repo / ".autoexp"
+    if logs_in is not None:
+        logs_in.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="autoexp-check-", dir=logs_in) as tmp:
         plan = runs.RunPlan(
             root=repo,
             cfg=cfg,
@@ -282,7 +293,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             git_dirs=[repo / ".git"],
         )
         try:
-            proc = plan.start()
+            proc = executor.start(plan, executors.job_name(plan.run_id, "check"), _head_or(repo, "HEAD"))
             proc.wait()
             out = proc.outcome
             assert out is not None
@@ -292,13 +303,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             return 1
         finally:
             plan.close()
-    tail = proc.tail(1200)
+        tail = proc.tail(1200)
+    job = executors.facts(proc)
+    if job is not None:
+        print(f"job:     {job.executor} job {job.job_id} on {job.node or '?'}, {job.queue_wait_s:.2f}s in the queue")
     print(f"ran:     {out.elapsed_s:.2f}s, exit code {out.returncode}, {out.output_bytes} bytes of output")
     if out.status == "timeout":
         print(f"FAIL: the eval ran past the timeout of {exp.timeout:g}s and was killed.\n--- output tail ---\n{tail}")
         return 1
     if out.status == "crash":
-        print(f"FAIL: the eval exited with code {out.returncode} (non-zero counts as a crash).")
+        print(f"FAIL: {out.error or f'the eval exited with code {out.returncode}'} (non-zero counts as a crash).")
         print(f"--- output tail ---\n{tail}")
         return 1
     for m in cfg.metric:

@@ -171,6 +171,14 @@ class Experiment:
         st = self.state
         p = st.pending
         left = opening.recover(self.git, st, self.cfg.experiment.target, self._save)
+        if left == opening.Left.REATTACH:
+            assert p is not None and p.remote_run is not None
+            if p.remote_run.get("executor") == self.evaluator.executor.name:
+                self._reattach(p)
+                return
+            # The config now names another executor: that job is not ours to follow any more.
+            opening.mark_interrupted(self.git, st, p, self._save)
+            left = opening.Left.INTERRUPTED
         if left == opening.Left.INTERRUPTED:
             assert p is not None
             spend = (p.auto.tokens_used, p.auto.cost_usd) if p.auto else (0, None)  # what `experiment` was told
@@ -181,18 +189,38 @@ class Experiment:
                 assert p is not None
                 self._advance_after_log(p, float(rec.cost_usd), int(rec.tokens_used))
 
+    def _forget_remote_run(self) -> None:
+        """This server cancelled its scheduler's job as it stops: the next one finds the run
+        interrupted, as a local one, rather than a job to follow."""
+        with self._lock:
+            p = self.state.pending
+            if self.state.phase == Phase.RUNNING and p is not None and p.remote_run is not None:
+                p.remote_run = None
+                self._save()
+
+    def _reattach(self, p: Pending) -> None:
+        """Follow the scheduler's job of the run an earlier server started, to its end: the run
+        is measured once, as if the server had never stopped."""
+        assert p.run is not None and p.remote_run is not None
+        job = _Job(self, p.run, self._execute, self._job_ended, run_id=p.run_id)
+        job.attach = dict(p.remote_run)
+        self._job = job
+        log.warning("run %s: following %s job %s again", p.run, p.remote_run["executor"], p.remote_run["name"])
+        job.thread.start()
+
     def _expected_head(self) -> str:
         return preflight.expected_head(self.state)
 
-    def _job_submitted(self, label: str, facts: executors.JobFacts) -> None:
-        """A scheduler took a run: its job id is persisted, so a restarted server follows the job
-        to its end instead of starting a second one."""
+    def _job_submitted(self, label: str, name: str, facts: executors.JobFacts | None) -> None:
+        """A run goes to a scheduler: its job's name is persisted before it is submitted, and its
+        id once it is, so a restarted server follows the job to its end instead of starting a
+        second one (and finds it by name if it was killed in between)."""
         with self._lock:
             p = self.state.pending
             if p is not None and self.state.phase == Phase.RUNNING:
-                p.remote_run = {"label": label, "executor": facts.executor, "job_id": facts.job_id}
-                if facts.scratch:
-                    p.remote_run["scratch"] = facts.scratch
+                p.remote_run = {"label": label, "executor": self.evaluator.executor.name, "name": name}
+                if facts is not None:
+                    p.remote_run["job_id"] = facts.job_id
                 self._save()
 
     def _save(self, durable: bool = True) -> None:
@@ -204,6 +232,7 @@ class Experiment:
         if job is not None and not job.done.is_set():
             job.cancel()
             job.done.wait(5)
+            self._forget_remote_run()
         fd = getattr(self, "_lockfile", None)
         if fd is not None:
             with contextlib.suppress(OSError):

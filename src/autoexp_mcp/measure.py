@@ -51,10 +51,12 @@ class Job:
         run: int,
         body: Callable[[Job], EvalResult],
         finish: Callable[[Job, EvalResult], None],
+        run_id: str | None = None,
     ) -> None:
         self.exp = exp
         self.run = run
-        self.run_id = f"{uuid.uuid4().hex[:12]}-{run}"
+        self.run_id = run_id or f"{uuid.uuid4().hex[:12]}-{run}"
+        self.attach: dict[str, str] | None = None  # a scheduler's job an earlier server started for this run
         self.current: RunHandle | None = None
         self.job_facts: JobFacts | None = None  # the scheduler's job of the last run (slurm, ray)
         self.queue_wait_s: dict[str, float] = {}  # by job id: time in the scheduler's queue
@@ -163,11 +165,13 @@ class Evaluator:
         restore_target: Callable[[str], bool],
         hidden: Callable[[], list[Path]],
         executor: Executor | None = None,
-        submitted: Callable[[str, JobFacts], None] = lambda label, facts: None,
+        submitted: Callable[[str, str, JobFacts | None], None] = lambda label, name, facts: None,
     ) -> None:
         self.root = root
         self.executor: Executor = executor or LocalExecutor()
-        self.submitted = submitted  # a scheduler took a run: persist its job id (a restart re-attaches)
+        # A run goes to a scheduler: persisted by the job's name before it is submitted (facts None)
+        # and with its id once submitted, so that a restart follows the job instead of starting another.
+        self.submitted = submitted
         self.iso = iso
         self.slots = slots
         self.lock = lock
@@ -177,6 +181,17 @@ class Evaluator:
 
     def execute(self, job: Job, task: Task) -> EvalResult:
         """The candidate's runs, the incumbent's drift runs when due, and the hold-out."""
+        try:
+            return self._execute(job, task)
+        finally:
+            ref = job.attach
+            if ref is not None:  # an earlier server's job this run did not get to: stop it
+                job.attach = None
+                job_id = ref.get("job_id") or self.executor.find(ref["name"])
+                if job_id is not None:
+                    self.executor.cancel(job_id)
+
+    def _execute(self, job: Job, task: Task) -> EvalResult:
         cfg, commit, inc, baseline, index = task.cfg, task.commit, task.incumbent, task.baseline, task.index
         # After an interrupted drift run the target may still hold the incumbent's version.
         self.restore_target(commit)
@@ -378,12 +393,24 @@ class Evaluator:
             holdout=holdout,
         )
         try:
-            proc = self.executor.start(plan, f"autoexp run {job.run_id} ({log_name})", task.commit)
+            proc: RunHandle | None = None
+            ref = job.attach
+            if ref is not None and ref.get("label") == log_name:  # an earlier server submitted this run
+                job.attach = None
+                name = ref["name"]
+                job_id = ref.get("job_id") or self.executor.find(name)
+                if job_id is not None:
+                    proc = self.executor.attach(plan, job_id, name)
+            if proc is None:
+                name = executors.job_name(job.run_id, log_name)
+                if self.executor.name != "local":
+                    self.submitted(log_name, name, None)
+                proc = self.executor.start(plan, name, task.commit)
             job.current = proc
             job.current_hidden = holdout
             job.job_facts = executors.facts(proc)
             if job.job_facts is not None:
-                self.submitted(log_name, job.job_facts)
+                self.submitted(log_name, name, job.job_facts)
             proc.wait()
             job.job_facts = executors.facts(proc)
             out = proc.outcome

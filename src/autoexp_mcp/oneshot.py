@@ -70,6 +70,7 @@ class OneCall:
                 assert job is not None
                 return Step(job, baseline=True)
             baseline = st.phase == Phase.IDLE and st.incumbent is None
+            exp.evaluator.executor.ready()  # a scheduler that is down: nothing is written or committed
             if not baseline and st.phase not in (Phase.IDLE, Phase.EDITED):
                 nxt = exp.next_tool()
                 raise OrderError(

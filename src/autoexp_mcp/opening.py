@@ -241,6 +241,7 @@ class Left(enum.Enum):
     NOTHING = "nothing"
     INTERRUPTED = "interrupted"  # a run cut short, decided as `interrupted`: log its row
     DECIDED = "decided"  # decided before the stop: finish the transition if its row is in the ledger
+    REATTACH = "reattach"  # a scheduler's job runs on (or has ended): follow it instead of a second run
 
 
 def recover(git: Git, st: State, target: str, save: Callable[[], None]) -> Left:
@@ -260,12 +261,14 @@ def recover(git: Git, st: State, target: str, save: Callable[[], None]) -> Left:
             st.phase = Phase.EDITED
             st.pending = Pending(experiment=st.experiments + 1, parent=expected)
             save()
+    elif st.phase == Phase.RUNNING and p is not None and p.run_id and p.remote_run:
+        return Left.REATTACH  # a job on a scheduler outlives the server that submitted it
     elif st.phase == Phase.RUNNING and p is not None and p.run_id:
         # The eval of the previous server died with it (or must). The run was recorded as
         # started, so it counts: an eval that kills the server on every unlucky draw must
         # not get an invisible best-of-N.
         kill_marked(p.run_id)
-        _mark_interrupted(git, st, p, save)
+        mark_interrupted(git, st, p, save)
         return Left.INTERRUPTED
     elif st.phase == Phase.DECIDED and p is not None:
         if head != expected:
@@ -274,7 +277,7 @@ def recover(git: Git, st: State, target: str, save: Callable[[], None]) -> Left:
     return Left.NOTHING
 
 
-def _mark_interrupted(git: Git, st: State, p: Pending, save: Callable[[], None]) -> None:
+def mark_interrupted(git: Git, st: State, p: Pending, save: Callable[[], None]) -> None:
     """Decide the run a stopped server left unfinished as `interrupted` (a crash for the budget
     and the crashes-in-a-row limit) and go back to the incumbent; the row is logged next."""
     reason = f"the server stopped while run {p.run} was going (killed, or its client left); the run counts as a crash"

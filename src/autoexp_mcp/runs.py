@@ -132,13 +132,17 @@ class RunPlan:
     def start(self) -> EvalProcess:
         return EvalProcess(self.prepare())
 
-    def prepare(self, scratch_in: Path | None = None) -> RunSpec:
+    def prepare(self, scratch_at: Path | None = None) -> RunSpec:
         """Everything the run needs, made ready: the sandbox's command line, the metric file
-        binds and the fresh log file. `scratch_in` is where the run's scratch directory goes
-        (default: the system's temp dir; a job on another node needs a shared file system)."""
-        if scratch_in is not None:
-            scratch_in.mkdir(parents=True, exist_ok=True)
-        self._scratch = Path(tempfile.mkdtemp(prefix="autoexp-run-", dir=scratch_in))
+        binds and the fresh log file. `scratch_at` names the run's scratch directory, made new
+        (default: a fresh one in the system's temp dir; a job on another node needs it on a
+        shared file system, where a restarted server finds it again by the job's name)."""
+        if scratch_at is not None:
+            scratch_at.parent.mkdir(parents=True, exist_ok=True)
+            scratch_at.mkdir(mode=0o700)
+            self._scratch = scratch_at
+        else:
+            self._scratch = Path(tempfile.mkdtemp(prefix="autoexp-run-"))
         env = dict(self.env)
         argv: Sequence[str] = self.argv
         _check_command(self.argv, self.root, env.get("PATH"))
@@ -193,7 +197,7 @@ class RunPlan:
 
     def spec_for_attach(self, scratch: Path | None) -> RunSpec:
         """The spec of a run an earlier server started on a scheduler, which still writes its
-        log: nothing is made afresh; `scratch` is the run's scratch directory, as recorded."""
+        log: nothing is made afresh; `scratch` is the run's scratch directory, if it has one."""
         self._scratch = scratch if scratch is not None and scratch.is_dir() else None
         if self.iso.active and self._scratch is not None:
             writable = tuple(self.root / w for w in self.cfg.sandbox.writable)

@@ -4,7 +4,8 @@ extraction and every decision stay in the server, whatever the executor."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import re
 from typing import Protocol
 
 from ..config import ExecutorConfig
@@ -21,9 +22,20 @@ class Executor(Protocol):
 
     def describe(self) -> str: ...
 
-    def start(self, plan: RunPlan, title: str, commit: str) -> RunHandle: ...
+    def start(self, plan: RunPlan, name: str, commit: str) -> RunHandle:
+        """Start one run; `name` names its job on the scheduler (see `job_name`)."""
+        ...
 
-    def attach(self, plan: RunPlan, job_id: str, scratch: Path | None = None) -> RunHandle:
+    def find(self, name: str) -> str | None:
+        """The id of the job called `name`, if the scheduler knows one: a server killed between
+        submitting it and recording its id finds it again by the name it recorded first."""
+        ...
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a job by its id, if it still runs (errors are swallowed: best effort)."""
+        ...
+
+    def attach(self, plan: RunPlan, job_id: str, name: str) -> RunHandle:
         """Follow a run an earlier server started (a scheduler's job, by its id)."""
         ...
 
@@ -39,10 +51,16 @@ class LocalExecutor:
     def describe(self) -> str:
         return "this machine"
 
-    def start(self, plan: RunPlan, title: str, commit: str) -> RunHandle:
+    def start(self, plan: RunPlan, name: str, commit: str) -> RunHandle:
         return plan.start()
 
-    def attach(self, plan: RunPlan, job_id: str, scratch: Path | None = None) -> RunHandle:
+    def find(self, name: str) -> str | None:
+        return None
+
+    def cancel(self, job_id: str) -> None:
+        return None
+
+    def attach(self, plan: RunPlan, job_id: str, name: str) -> RunHandle:
         raise NotImplementedError("a local run dies with its server: there is nothing to attach to")
 
 
@@ -58,10 +76,17 @@ def make(cfg: ExecutorConfig) -> Executor:
     return LocalExecutor()
 
 
+def job_name(run_id: str, label: str) -> str:
+    """A run's job name, recorded before it is submitted: unique (a re-run of a label after a
+    restart gets a new one), and a valid Slurm job name and Ray submission id."""
+    stem = re.sub(r"[^A-Za-z0-9_-]", "-", label.removesuffix(".log"))
+    return f"autoexp-{run_id}-{stem}-{os.urandom(3).hex()}"
+
+
 def facts(handle: RunHandle) -> JobFacts | None:
     """The scheduler's facts about a run (None for a local one)."""
     got = getattr(handle, "facts", None)
     return got if isinstance(got, JobFacts) else None
 
 
-__all__ = ["Executor", "JobFacts", "LocalExecutor", "RunHandle", "facts", "make"]
+__all__ = ["Executor", "JobFacts", "LocalExecutor", "RunHandle", "facts", "job_name", "make"]

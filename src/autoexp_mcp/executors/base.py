@@ -45,7 +45,6 @@ class JobFacts:
     job_id: str
     node: str | None = None
     queue_wait_s: float = 0.0
-    scratch: str | None = None  # the run's scratch directory on the shared file system (re-attach)
 
 
 Phase = Literal["pending", "running", "ended", "unknown"]
@@ -100,9 +99,7 @@ class RemoteRun:
         poll_s: float,
         submitted: float | None = None,
         channel: Path | None = None,
-        scratch: Path | None = None,
     ) -> None:
-        self.scratch = scratch
         self.backend = backend
         self.job_id = job_id
         self.spec = spec
@@ -123,8 +120,7 @@ class RemoteRun:
     @property
     def facts(self) -> JobFacts:
         wait = (self._started or time.monotonic()) - self._submitted
-        scratch = str(self.scratch) if self.scratch is not None else None
-        return JobFacts(self.backend.name, self.job_id, self._node, round(max(0.0, wait), 3), scratch)
+        return JobFacts(self.backend.name, self.job_id, self._node, round(max(0.0, wait), 3))
 
     @property
     def outcome(self) -> RunOutcome | None:

@@ -4,7 +4,8 @@ has bubblewrap, and its output passed on through a pipe.
 
 The pipe matters: a job's output file is what the server reads the metrics from, and an eval
 holding that file as its stdout could rewrite what it printed earlier. Behind a pipe it can
-only add to it, as with a local run; the file itself is hidden from a sandboxed eval.
+only add to it, as with a local run, and only until it exits: then what it left in its process
+group is killed, as a local run's is. The file itself is hidden from a sandboxed eval.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ PASSTHROUGH = (
     "RAY_JOB_ID",
 )
 CHANNEL_FD = 3
-WORKDIR = "$PWD"  # stands for the job's working directory in a sandbox command line
+RELAY_GRACE_S = 5  # after the eval exits, the longest the relay may take to pass on the rest of its output
 
 
 @dataclass(frozen=True)
@@ -73,5 +74,18 @@ def script(launch: Launch, title: str) -> str:
         words.append('"$BWRAP"')
         argv = argv[1:]
     words += (_word(w, launch.workdir_word) for w in argv)
-    lines.append(" ".join(words) + " </dev/null 2>&1 | cat")
+    # The eval in a session of its own, writing into a pipe the script relays to the job's
+    # output; when it exits, whatever it left in its process group is killed, and the relay
+    # gets a bounded time to pass on what is still in the pipe.
+    lines += [
+        'relay_dir=$(mktemp -d) && mkfifo -m 600 "$relay_dir/out" || exit 125',
+        'cat "$relay_dir/out" & relay=$!',
+        "setsid -w " + " ".join(words) + ' >"$relay_dir/out" 2>&1 </dev/null & eval_pid=$!',
+        "wait $eval_pid; rc=$?",
+        "kill -KILL -- -$eval_pid 2>/dev/null",
+        f"{{ sleep {RELAY_GRACE_S}; kill $relay; }} 2>/dev/null & guard=$!",
+        "wait $relay; kill $guard 2>/dev/null",
+        'rm -rf "$relay_dir"',
+        "exit $rc",
+    ]
     return "\n".join(lines) + "\n"

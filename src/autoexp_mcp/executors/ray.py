@@ -47,6 +47,15 @@ def _client_class() -> Any:
     return JobSubmissionClient
 
 
+def _gist(message: str) -> str:
+    """The line of a client error that says what went wrong: the last of a server's traceback
+    (the client passes the dashboard's whole traceback on), else the first."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return f"{lines[0].split(':')[0]}: {lines[-1]}" if "Traceback" in message and len(lines) > 1 else lines[0]
+
+
 class RayBackend:
     name = "ray"
 
@@ -58,7 +67,7 @@ class RayBackend:
         try:
             return fn(*args)
         except Exception as e:  # the client raises RuntimeError, ConnectionError, requests errors
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            text = _gist(str(e)) or type(e).__name__
             if "does not exist" in text or "not found" in text.lower():
                 raise LookupError(text) from None
             raise EvalError(f"cannot {what}: {text}") from None
@@ -145,8 +154,8 @@ class RayExecutor:
                 self._client = cls(self.cfg.address)
             except Exception as e:
                 raise EvalError(
-                    f"cannot reach the Ray cluster at {self.cfg.address}: {str(e).strip().splitlines()[0]}. "
-                    "Start it (ray start --head), or fix [executor] address."
+                    f"cannot reach the Ray cluster at {self.cfg.address}: {_gist(str(e))}. "
+                    "Nothing was run or counted. Start it (ray start --head), or fix [executor] address."
                 ) from None
         return self._client
 
@@ -160,7 +169,7 @@ class RayExecutor:
         res += [f"{k}={v}" for k, v in self.cfg.entrypoint_resources.items()]
         return f"Ray jobs at {self.cfg.address}" + (f" ({', '.join(res)})" if res else "")
 
-    def start(self, plan: RunPlan, title: str, commit: str) -> RemoteRun:
+    def start(self, plan: RunPlan, name: str, commit: str) -> RemoteRun:
         client = self.client()
         scratch = plan.root / ".autoexp" / "scratch"
         scratch.mkdir(parents=True, exist_ok=True)
@@ -169,7 +178,7 @@ class RayExecutor:
         inner = dataclasses.replace(plan, root=work, log_root=plan.root)
         try:
             snapshot(plan, commit, work)
-            spec = inner.prepare(scratch_in=tmp)
+            spec = inner.prepare(scratch_at=tmp / "run")
             if spec.log_fd is not None:
                 os.close(spec.log_fd)
             body = launch.script(
@@ -181,12 +190,12 @@ class RayExecutor:
                     memory_mb=spec.memory_mb,
                     workdir_word=str(work),
                 ),
-                title,
+                f"autoexp {name}",
             )
             backend = RayBackend(client, spec.log_path)
             kwargs: dict[str, Any] = {
                 "entrypoint": "bash -c " + shlex.quote(body),
-                "submission_id": f"autoexp-{plan.run_id}-{os.urandom(3).hex()}",
+                "submission_id": name,
                 "runtime_env": {"working_dir": str(work)},
                 "metadata": {"autoexp_run": plan.run_id},
             }
@@ -202,7 +211,18 @@ class RayExecutor:
             shutil.rmtree(tmp, ignore_errors=True)
         return RemoteRun(backend, str(job_id), spec, poll_s=self.cfg.poll_seconds)
 
-    def attach(self, plan: RunPlan, job_id: str, scratch: Path | None = None) -> RemoteRun:
+    def cancel(self, job_id: str) -> None:
+        with contextlib.suppress(EvalError):
+            RayBackend(self.client(), Path(os.devnull)).cancel(job_id)
+
+    def find(self, name: str) -> str | None:
+        try:
+            RayBackend(self.client(), Path(os.devnull))._ask("look the job up", self.client().get_job_info, name)
+        except LookupError:
+            return None
+        return name
+
+    def attach(self, plan: RunPlan, job_id: str, name: str) -> RemoteRun:
         spec = plan.spec_for_attach(None)
         return RemoteRun(RayBackend(self.client(), spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds)
 

@@ -11,6 +11,7 @@ needs no accounting database.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -41,7 +42,9 @@ WHY = {
 }
 
 
-def _run(argv: list[str], what: str) -> str:
+def _run(argv: list[str], what: str, whole: bool = False) -> str:
+    """A Slurm command's output; EvalError saying `what` failed (with its last line of
+    complaint, or all of it when `whole`) when it cannot run or exits non-zero."""
     exe = shutil.which(argv[0])
     if exe is None:
         raise EvalError(
@@ -55,8 +58,8 @@ def _run(argv: list[str], what: str) -> str:
     except subprocess.TimeoutExpired:
         raise EvalError(f"cannot {what}: {argv[0]} did not answer within {COMMAND_TIMEOUT_S:g}s") from None
     if res.returncode != 0:
-        said = (res.stderr.strip() or res.stdout.strip() or f"exit status {res.returncode}").splitlines()[-1]
-        raise EvalError(f"cannot {what}: {said}")
+        said = res.stderr.strip() or res.stdout.strip() or f"exit status {res.returncode}"
+        raise EvalError(f"cannot {what}: {said if whole else said.splitlines()[-1]}")
     return res.stdout
 
 
@@ -125,6 +128,11 @@ class SlurmBackend:
             return f.read()
 
 
+def scratch_dir(plan: RunPlan, name: str) -> Path:
+    """The run's scratch directory, on the shared file system and named after its job."""
+    return plan.root / ".autoexp" / "scratch" / name
+
+
 class SlurmExecutor:
     """Submits each run with sbatch and follows it until it ends."""
 
@@ -135,9 +143,19 @@ class SlurmExecutor:
 
     def ready(self) -> None:
         """Raises EvalError, saying what to do, when the Slurm controller does not answer."""
-        out = _run(["scontrol", "ping"], "reach the Slurm controller")
-        if " is UP" not in out:
-            raise EvalError(f"the Slurm controller is not up ({out.strip()}); start it, or run with kind = \"local\"")
+        try:
+            out = _run(["scontrol", "ping"], "reach the Slurm controller", whole=True)
+        except EvalError as e:
+            said = str(e)
+        else:
+            if re.search(r"\bis UP\b", out):
+                return
+            said = out
+        first = next((line.strip() for line in said.splitlines() if line.strip()), said)
+        raise EvalError(
+            f"the Slurm controller does not answer ({first}), so no run can be submitted; nothing was run or "
+            "counted. Start slurmctld (or check SLURM_CONF), then call again; or set [executor] kind = \"local\"."
+        )
 
     def describe(self) -> str:
         opts = " ".join(self._options(60.0)) or "default options"
@@ -153,8 +171,8 @@ class SlurmExecutor:
             opts.append(f"--cpus-per-task={c.cpus_per_task}")
         return [*opts, *c.extra_args]
 
-    def start(self, plan: RunPlan, title: str, commit: str) -> RemoteRun:
-        spec = plan.prepare(scratch_in=plan.root / ".autoexp" / "scratch")
+    def start(self, plan: RunPlan, name: str, commit: str) -> RemoteRun:
+        spec = plan.prepare(scratch_at=scratch_dir(plan, name))
         if spec.log_fd is not None:
             os.close(spec.log_fd)  # Slurm writes the log: it was made fresh, with no symlink at its path
         scratch = plan.scratch
@@ -169,7 +187,7 @@ class SlurmExecutor:
                 memory_mb=spec.memory_mb,
                 channel=str(channel) if channel else None,
             ),
-            title,
+            f"autoexp {name}",
         )
         script = scratch / "job.sh"
         script.write_text(body)
@@ -178,7 +196,7 @@ class SlurmExecutor:
             "--parsable",
             "--no-requeue",
             "--export=NONE",
-            f"--job-name=autoexp-{plan.run_id}",
+            f"--job-name={name}",
             f"--chdir={plan.root}",
             f"--output={spec.log_path}",
             *self._options(spec.timeout_s),
@@ -188,13 +206,25 @@ class SlurmExecutor:
         if not job_id.isdigit():
             raise EvalError(f"cannot submit the eval to Slurm: sbatch answered {job_id!r}, not a job id")
         return RemoteRun(
-            SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel, scratch=scratch
+            SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel
         )
 
-    def attach(self, plan: RunPlan, job_id: str, scratch: Path | None = None) -> RemoteRun:
+    def cancel(self, job_id: str) -> None:
+        with contextlib.suppress(EvalError):
+            _run(["scancel", job_id], f"cancel Slurm job {job_id}")
+
+    def find(self, name: str) -> str | None:
+        """The id of the job named `name`, if Slurm knows one (running, or ended lately)."""
+        out = _run(["scontrol", "show", "job", "-o"], "list the Slurm jobs")
+        for line in out.splitlines():
+            m = re.search(r"(?:^|\s)JobId=(\d+)\s(?:.*\s)?JobName=(\S+)", line)
+            if m and m.group(2) == name:
+                return m.group(1)
+        return None
+
+    def attach(self, plan: RunPlan, job_id: str, name: str) -> RemoteRun:
         """Follow a job an earlier server submitted for this run (its log is where it was)."""
+        scratch = scratch_dir(plan, name)
         spec = plan.spec_for_attach(scratch)
-        channel = scratch / "channel" if scratch is not None and spec.metric_channel else None
-        return RemoteRun(
-            SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel, scratch=scratch
-        )
+        channel = scratch / "channel" if scratch.is_dir() and spec.metric_channel else None
+        return RemoteRun(SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel)
