@@ -377,6 +377,7 @@ def test_two_lanes_run_their_jobs_on_the_cluster_at_once(make_repo: MakeRepo, en
 # --- what the job sees, and `check` ---------------------------------------------------------------------------
 
 
+@pytest.mark.ray
 def test_a_ray_job_runs_in_a_snapshot_without_git_state_ledger_or_holdout(make_repo: MakeRepo) -> None:
     if ray_missing():
         pytest.skip(ray_missing())
@@ -413,6 +414,7 @@ def test_check_submits_one_run_through_the_configured_executor(make_repo: MakeRe
     assert ("Slurm jobs" if engine == "slurm" else "Ray jobs") in res.stdout
 
 
+@pytest.mark.slurm
 def test_a_slurm_job_hands_back_a_metric_file_and_the_metric_channel(make_repo: MakeRepo) -> None:
     if slurm_missing():
         pytest.skip(slurm_missing())
