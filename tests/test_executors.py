@@ -251,6 +251,33 @@ def test_a_stopping_server_cancels_its_job_and_the_next_logs_it_interrupted(make
     assert [(r["status"], r["experiment"]) for r in records(repo)] == [("interrupted", 1)]
 
 
+def test_a_job_the_scheduler_cancels_is_a_crash_with_the_schedulers_words(make_repo: MakeRepo, engine: str) -> None:
+    repo = cluster_repo(make_repo, engine, value="sleep 300 99")
+    exp = Experiment(repo)
+    try:
+        job = exp.start_eval()
+        assert job is not None
+        until("the job is submitted", lambda: "job_id" in (exp.state.pending.remote_run or {}))  # type: ignore[union-attr]
+        job_id = exp.state.pending.remote_run["job_id"]  # type: ignore[union-attr,index]
+        until("the eval prints", lambda: "evaluating" in job.tail())
+        if engine == "slurm":  # an administrator's scancel, or a preemption without requeue
+            subprocess.run(["scancel", job_id], check=True, timeout=30)
+        else:
+            from ray.job_submission import JobSubmissionClient
+
+            JobSubmissionClient(RAY_ADDRESS).stop_job(job_id)
+        view = exp.run_eval(WAIT_S)
+        assert view.status == "crash", view
+        d = exp.decide()
+        assert d.status == "crash"
+        said = "was cancelled by the scheduler" if engine == "slurm" else "was stopped"
+        assert f"{engine} job {job_id} {said}" in d.reason, d.reason
+        exp.log_result()
+    finally:
+        exp.close()
+    assert [r["status"] for r in records(repo)] == ["crash"]
+
+
 # --- kill -9, then a restart follows the same job --------------------------------------------------------
 
 STARTER = textwrap.dedent(
