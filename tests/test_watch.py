@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from autoexp_mcp import guard
+from autoexp_mcp.errors import GuardError
 from autoexp_mcp.gitops import Git
 from autoexp_mcp.loop import Experiment
 from autoexp_mcp.watch import HarnessWatch, blob_id
@@ -409,3 +410,32 @@ def test_blob_id_is_gits() -> None:
     data = b"hello\n"
     out = subprocess.run(["git", "hash-object", "--stdin"], input=data, capture_output=True, check=True)
     assert blob_id(data) == out.stdout.decode().strip()
+
+
+@pytest.mark.parametrize("when", ["after the commit", "after the revert"])
+def test_the_index_the_server_left_vouches_for_nothing_that_changes_it_later(make_repo: MakeRepo, when: str) -> None:
+    """The index the server's own commit or revert just wrote is not listed again, but any
+    change to it afterwards (a flag, a staged harness) is still found before the next step."""
+    repo = make_repo(config=harness_config(extra=NO_SANDBOX))
+    exp = Experiment(repo)
+    try:
+        baseline(exp)
+        exp.write_target(content="0.5\n")
+        exp.commit("worse")
+        if when == "after the revert":
+            assert exp.run_eval(30).status == "done"
+            assert exp.decide().status == "discard"
+            exp.log_result()
+        git(repo, "update-index", "--assume-unchanged", "evaluate.py")
+        (repo / "evaluate.py").write_text("print('score: 1000')\n")
+        if when == "after the commit":
+            view = exp.run_eval(30)
+            assert view.status == "crash" and "assume-unchanged set on evaluate.py" in view.reason, view
+        else:
+            exp.write_target(content="2\n")
+            with pytest.raises(GuardError, match="assume-unchanged set on evaluate.py"):
+                exp.commit("better")
+    finally:
+        exp.close()
+    assert "score: 1000" not in (repo / "evaluate.py").read_text()
+    assert "h" not in index_tags(repo), "the flag was cleared"

@@ -378,7 +378,7 @@ class Experiment:
                 )
             # Bytes as committed: no newline translation (a CRLF target stays CRLF in the cache).
             text = path.read_bytes().decode("utf-8", errors="replace")
-            sha = self.git.commit_file(target, f"autoexp #{p.experiment}: {desc}")
+            sha = self.tree.own_commit(target, f"autoexp #{p.experiment}: {desc}")
             self.tree.remember(sha, target, text)
             p.commit = sha
             p.description = desc
@@ -493,7 +493,7 @@ class Experiment:
             reverted = False
             if not kept and not p.baseline:
                 assert st.incumbent is not None
-                self.git.reset_hard(st.incumbent.commit)
+                self.tree.own_reset(st.incumbent.commit)
                 reverted = True
             return DecideResult(
                 status=d.status,

@@ -53,6 +53,21 @@ class Tree:
         guard.atomic_write_file(path, want)
         return True
 
+    def own_commit(self, target: str, message: str) -> str:
+        """Commit the target (the server's own git operation, under the lock)."""
+        before = self._watch.index_vouched() if self._watch is not None else None
+        sha = self.git.commit_file(target, message)
+        if self._watch is not None:
+            self._watch.vouch_index(before, sha)
+        return sha
+
+    def own_reset(self, commit: str) -> None:
+        """Reset to `commit` (the server's own revert, under the lock)."""
+        before = self._watch.index_vouched() if self._watch is not None else None
+        self.git.reset_hard(commit)
+        if self._watch is not None:
+            self._watch.vouch_index(before, commit)
+
     def problems(
         self,
         expected_head: str,

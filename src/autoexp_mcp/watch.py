@@ -229,13 +229,30 @@ class HarnessWatch:
 
     # --- the index -----------------------------------------------------------------------
 
+    def _index_digest(self) -> bytes | None:
+        try:
+            return hashlib.sha256((self.git.git_dir / "index").read_bytes()).digest()
+        except OSError:
+            return None
+
+    def index_vouched(self) -> bytes | None:
+        """The index's digest when it is the one the last check verified, else None: taken
+        just before the server's own git operation (see `vouch_index`)."""
+        key = self._index_digest()
+        return key if key is not None and key == self._index_key else None
+
+    def vouch_index(self, before: bytes | None, commit: str) -> None:
+        """The server's own commit of the target, or reset to `commit`, has just rewritten an
+        index the last check verified (`before`, from `index_vouched`), under the lock with no
+        eval alive: its entries are now those of `commit`'s tree, with no flags, so the next
+        check need not list it again. Anything else leaves it to be listed and checked."""
+        self._index_key = self._index_digest() if before is not None else None
+        self._index_commit = commit
+
     def _index_changes(self, commit: str, tree: _Tree, target: str, restore: bool) -> list[str]:
         # Keyed by the index's content, not its stat: a rewrite within the same clock tick
         # cannot hide, and a quick loop need not wait out the racy-stat window.
-        try:
-            key: bytes | None = hashlib.sha256((self.git.git_dir / "index").read_bytes()).digest()
-        except OSError:
-            key = None
+        key = self._index_digest()
         if key is not None and key == self._index_key and commit == self._index_commit:
             return []
         problems: list[str] = []
