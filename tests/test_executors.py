@@ -88,7 +88,8 @@ def slurm_missing() -> str | None:
         )
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
     if " is UP" not in ping.stdout:
-        return f"no Slurm controller answers ({ping.stdout.strip()[:80]}): start one with `.ci/slurm up` as root"
+        said = (ping.stdout.strip() or ping.stderr.strip()).splitlines()[:1]
+        return f"no Slurm controller answers ({' '.join(said)[:80]}): start one with `.ci/slurm up` as root"
     nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30).stdout
     if not re.search(r"^(idle|mixed|allocated)", nodes, re.M):
         return f"the Slurm node is not up (sinfo: {nodes.strip()[:80]})"
@@ -240,6 +241,7 @@ def test_a_stopping_server_cancels_its_job_and_the_next_logs_it_interrupted(make
         until("the job is submitted", lambda: "job_id" in (exp.state.pending.remote_run or {}))  # type: ignore[union-attr]
         job_id = exp.state.pending.remote_run["job_id"]  # type: ignore[union-attr,index]
         until("the eval prints", lambda: "evaluating" in job.tail())
+        assert f"running as {engine} job {job_id}" in exp.eval_view().reason
     finally:
         exp.close()
     until("the job is cancelled", lambda: job_state(engine, job_id) in ("CANCELLED", "STOPPED", "gone"), 30)
@@ -399,6 +401,25 @@ def test_two_lanes_run_their_jobs_on_the_cluster_at_once(make_repo: MakeRepo, en
     finally:
         a.close()
         b.close()
+
+
+def test_repeats_and_the_holdout_run_as_jobs_of_their_own(make_repo: MakeRepo, engine: str) -> None:
+    extra = '\n[policy]\nrepeats = 2\n\n[holdout]\neval = "python holdout.py"\nfiles = ["holdout.py"]\n'
+    repo = make_repo(
+        value="3",
+        config=harness_config(extra=extra + executor_toml(engine)),
+        files={"evaluate.py": HARNESS, "holdout.py": "print('score: 7')\n"},
+    )
+    exp = Experiment(repo)
+    try:
+        view = exp.run_eval(WAIT_S)
+        assert view.status == "done", view
+        p = exp.state.pending
+        assert p is not None and p.result is not None and p.run_id is not None
+        assert p.result.values == {"score": [3.0, 3.0]} and p.result.holdout == 7.0
+        assert len(jobs_named(engine, p.run_id)) == 3, "two repeats and the hold-out, a job each"
+    finally:
+        exp.close()
 
 
 # --- what the job sees, and `check` ---------------------------------------------------------------------------

@@ -45,6 +45,11 @@ def eval_view(st: State, job: Job | None, cfg: Config, next_tool: Callable[[], s
         elapsed = job.elapsed() if job is not None else 0.0
         waiting = "waiting for an eval slot (other lanes' evals run); its timeout starts with it. "
         waiting = waiting if job is not None and job.waiting else ""
+        progress = getattr(job.current, "progress", None) if job is not None else None
+        stops = "It stops if this server exits (as with a client that starts one server per call)"
+        if progress is not None:  # a scheduler's job
+            waiting += progress()
+            stops = "It is cancelled if this server exits; a server killed outright leaves it running for the next"
         return EvalView(
             status="running",
             elapsed_s=round(elapsed, 1),
@@ -52,8 +57,7 @@ def eval_view(st: State, job: Job | None, cfg: Config, next_tool: Callable[[], s
             tail=job.tail() if job else "",
             repeats_done=job.repeats_done if job else 0,
             reason=waiting + f"still running after {elapsed:.0f}s (timeout {cfg.experiment.timeout:g}s); "
-            "call run_eval again to keep waiting on the same run. It stops if this server exits (as with a "
-            "client that starts one server per call)",
+            f"call run_eval again to keep waiting on the same run. {stops}",
             next="run_eval",
             **common,
         )

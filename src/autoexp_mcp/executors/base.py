@@ -126,6 +126,16 @@ class RemoteRun:
     def outcome(self) -> RunOutcome | None:
         return self._outcome
 
+    def progress(self) -> str:
+        """Where the job is, in words for the agent waiting on it."""
+        if self._started is None:
+            waited = time.monotonic() - self._submitted
+            return (
+                f"queued as {self.backend.name} job {self.job_id} for {waited:.0f}s "
+                "(time in the queue does not count against the timeout). "
+            )
+        return f"running as {self.backend.name} job {self.job_id} on {self._node or '?'}. "
+
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
