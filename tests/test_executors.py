@@ -170,6 +170,16 @@ def until(what: str, check: Any, timeout: float = WAIT_S) -> Any:
         time.sleep(0.05)
 
 
+def started(exp: Experiment) -> str:
+    """Start the eval; return its scheduler job's id once the eval prints."""
+    job = exp.start_eval()
+    assert job is not None
+    until("the job is submitted", lambda: "job_id" in (exp.state.pending.remote_run or {}))  # type: ignore[union-attr]
+    job_id = exp.state.pending.remote_run["job_id"]  # type: ignore[union-attr,index]
+    until("the eval prints", lambda: "evaluating" in job.tail())
+    return job_id
+
+
 # --- keep, discard, crash: the whole loop over stdio ----------------------------------------------
 
 
@@ -236,12 +246,9 @@ def test_a_stopping_server_cancels_its_job_and_the_next_logs_it_interrupted(make
     repo = cluster_repo(make_repo, engine, value="sleep 300 1")
     exp = Experiment(repo)
     try:
-        job = exp.start_eval()
-        assert job is not None
-        until("the job is submitted", lambda: "job_id" in (exp.state.pending.remote_run or {}))  # type: ignore[union-attr]
-        job_id = exp.state.pending.remote_run["job_id"]  # type: ignore[union-attr,index]
-        until("the eval prints", lambda: "evaluating" in job.tail())
-        assert f"running as {engine} job {job_id}" in exp.eval_view().reason
+        job_id = started(exp)
+        until("the view says the job runs", lambda: f"running as {engine} job {job_id}" in exp.eval_view().reason)
+        assert "Running entrypoint" not in exp.eval_view().tail, "the agent sees the eval's output, not Ray's"
     finally:
         exp.close()
     until("the job is cancelled", lambda: job_state(engine, job_id) in ("CANCELLED", "STOPPED", "gone"), 30)
@@ -257,11 +264,7 @@ def test_a_job_the_scheduler_cancels_is_a_crash_with_the_schedulers_words(make_r
     repo = cluster_repo(make_repo, engine, value="sleep 300 99")
     exp = Experiment(repo)
     try:
-        job = exp.start_eval()
-        assert job is not None
-        until("the job is submitted", lambda: "job_id" in (exp.state.pending.remote_run or {}))  # type: ignore[union-attr]
-        job_id = exp.state.pending.remote_run["job_id"]  # type: ignore[union-attr,index]
-        until("the eval prints", lambda: "evaluating" in job.tail())
+        job_id = started(exp)
         if engine == "slurm":  # an administrator's scancel, or a preemption without requeue
             subprocess.run(["scancel", job_id], check=True, timeout=30)
         else:

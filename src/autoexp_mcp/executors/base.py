@@ -238,4 +238,3 @@ class RemoteRun:
             channel=channel,
         )
         self._done.set()
-

@@ -10,11 +10,12 @@ group is killed, as a local run's is. The file itself is hidden from a sandboxed
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..runner import METRIC_FD_VAR
+from ..runner import METRIC_FD_VAR, RunSpec
 
 # What a scheduler sets for the job and the eval needs: its devices and its allocation.
 PASSTHROUGH = (
@@ -44,6 +45,23 @@ class Launch:
     workdir_word: str | None = None  # an argv word to replace by the job's working directory
 
 
+def from_spec(spec: RunSpec, *, sandboxed: bool, channel: str | None = None, workdir_word: str | None = None) -> Launch:
+    """The launch of a prepared run (`RunPlan.prepare`): its command, environment and limits.
+    Its log was made fresh, with nothing planted at its path; the job writes it by its path,
+    so the server's descriptor of it is closed here."""
+    if spec.log_fd is not None:
+        os.close(spec.log_fd)
+    return Launch(
+        argv=spec.argv,
+        env=spec.env,
+        sandboxed=sandboxed,
+        cpu_seconds=spec.cpu_seconds,
+        memory_mb=spec.memory_mb,
+        channel=channel,
+        workdir_word=workdir_word,
+    )
+
+
 def _word(w: str, workdir_word: str | None) -> str:
     if workdir_word is not None and w == workdir_word:
         return '"$PWD"'
@@ -60,7 +78,7 @@ def script(launch: Launch, title: str) -> str:
     if launch.sandboxed:
         lines.append(
             'BWRAP=$(command -v bwrap) || { echo "autoexp: bubblewrap is not installed on $(hostname), so the '
-            "eval cannot run sandboxed there: install it on the nodes, or set [sandbox] mode = \\\"none\\\"\" >&2; "
+            'eval cannot run sandboxed there: install it on the nodes, or set [sandbox] mode = \\"none\\"" >&2; '
             "exit 126; }"
         )
     env = dict(launch.env)

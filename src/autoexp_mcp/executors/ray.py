@@ -2,9 +2,9 @@
 `autoexp-mcp[ray]` installs the client).
 
 The job's `working_dir` is a snapshot of the run's commit (plus the target as the run has
-it), made for this run alone: no `.git`, `.autoexp/`, ledger or hold-out files, and a nonce
-so that Ray unpacks it afresh instead of reusing a directory an earlier run could have
-written into. Data too large to ship belongs on storage the nodes share, named by an
+it), made for this run alone: no `.git`, `.autoexp/`, ledger or hold-out files, and the
+run's launch script, named after its job, so that Ray unpacks it afresh instead of reusing a
+directory an earlier run could have written into. Data too large to ship belongs on storage the nodes share, named by an
 absolute path or an environment variable. Where the node has bubblewrap and the server
 sandboxes its evals, the job's command runs in the same sandbox around its working dir.
 The output is read back from Ray's job logs when the job ends.
@@ -17,7 +17,6 @@ import dataclasses
 import io
 import logging
 import os
-import shlex
 import shutil
 import tarfile
 import tempfile
@@ -30,7 +29,10 @@ from ..runs import RunPlan, describe_exit
 from . import launch
 from .base import JobState, RemoteRun
 
-NONCE_FILE = ".autoexp-run"  # a per-run file: the snapshot's content hash, and so Ray's unpacked copy, is new
+# The run's launch script, in its working dir: unique to the run, so the snapshot's content hash,
+# and with it Ray's unpacked copy, is new; and the job's entrypoint stays one short line in its log.
+LAUNCH_FILE = ".autoexp-run.sh"
+ENTRYPOINT_LINE = b"Running entrypoint for job "  # the last line Ray writes before the eval's output
 
 
 def _client_class() -> Any:
@@ -100,7 +102,7 @@ class RayBackend:
             text = self._ask("read the Ray job's logs", self.client.get_job_logs, job_id)
         except LookupError as e:
             raise EvalError(str(e)) from None
-        data = str(text).encode("utf-8", errors="replace")
+        data = _eval_part(str(text).encode("utf-8", errors="replace"))
         with open(self.log_path, "wb") as f:  # the run's record, as for a local run
             f.write(data)
         return data
@@ -110,12 +112,22 @@ class RayBackend:
             text = self._ask("read the Ray job's logs", self.client.get_job_logs, job_id)
         except LookupError:
             return b""
-        return str(text).encode("utf-8", errors="replace")[-n:]
+        return _eval_part(str(text).encode("utf-8", errors="replace"))[-n:]
+
+
+def _eval_part(log: bytes) -> bytes:
+    """The job's log without Ray's own lines before the eval's output (they end with the line
+    naming the entrypoint, which Ray writes before the eval starts, so the eval cannot move it)."""
+    at = log.find(ENTRYPOINT_LINE)
+    if at < 0:
+        return log
+    end = log.find(b"\n", at)
+    return b"" if end < 0 else log[end + 1 :]
 
 
 def snapshot(plan: RunPlan, commit: str, dest: Path) -> None:
     """The run's working dir: the commit's tree without what the eval must not see, the target
-    as the worktree has it now (a drift run measures the incumbent's version), and a nonce."""
+    as the worktree has it now (a drift run measures the incumbent's version)."""
     from ..gitops import Git
 
     try:
@@ -135,7 +147,6 @@ def snapshot(plan: RunPlan, commit: str, dest: Path) -> None:
     target = plan.cfg.experiment.target
     (dest / target).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(plan.root / target, dest / target, follow_symlinks=False)
-    (dest / NONCE_FILE).write_text(plan.run_id + "\n")
 
 
 class RayExecutor:
@@ -179,22 +190,13 @@ class RayExecutor:
         try:
             snapshot(plan, commit, work)
             spec = inner.prepare(scratch_at=tmp / "run")
-            if spec.log_fd is not None:
-                os.close(spec.log_fd)
             body = launch.script(
-                launch.Launch(
-                    argv=spec.argv,
-                    env=spec.env,
-                    sandboxed=plan.iso.active,
-                    cpu_seconds=spec.cpu_seconds,
-                    memory_mb=spec.memory_mb,
-                    workdir_word=str(work),
-                ),
-                f"autoexp {name}",
+                launch.from_spec(spec, sandboxed=plan.iso.active, workdir_word=str(work)), f"autoexp {name}"
             )
+            (work / LAUNCH_FILE).write_text(body)
             backend = RayBackend(client, spec.log_path)
             kwargs: dict[str, Any] = {
-                "entrypoint": "bash -c " + shlex.quote(body),
+                "entrypoint": f"bash {LAUNCH_FILE}",
                 "submission_id": name,
                 "runtime_env": {"working_dir": str(work)},
                 "metadata": {"autoexp_run": plan.run_id},
@@ -225,4 +227,3 @@ class RayExecutor:
     def attach(self, plan: RunPlan, job_id: str, name: str) -> RemoteRun:
         spec = plan.spec_for_attach(None)
         return RemoteRun(RayBackend(self.client(), spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds)
-

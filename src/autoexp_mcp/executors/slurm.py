@@ -154,7 +154,7 @@ class SlurmExecutor:
         first = next((line.strip() for line in said.splitlines() if line.strip()), said)
         raise EvalError(
             f"the Slurm controller does not answer ({first}), so no run can be submitted; nothing was run or "
-            "counted. Start slurmctld (or check SLURM_CONF), then call again; or set [executor] kind = \"local\"."
+            'counted. Start slurmctld (or check SLURM_CONF), then call again; or set [executor] kind = "local".'
         )
 
     def describe(self) -> str:
@@ -173,20 +173,11 @@ class SlurmExecutor:
 
     def start(self, plan: RunPlan, name: str, commit: str) -> RemoteRun:
         spec = plan.prepare(scratch_at=scratch_dir(plan, name))
-        if spec.log_fd is not None:
-            os.close(spec.log_fd)  # Slurm writes the log: it was made fresh, with no symlink at its path
         scratch = plan.scratch
         assert scratch is not None
         channel = scratch / "channel" if spec.metric_channel else None
         body = launch.script(
-            launch.Launch(
-                argv=spec.argv,
-                env=spec.env,
-                sandboxed=plan.iso.active,
-                cpu_seconds=spec.cpu_seconds,
-                memory_mb=spec.memory_mb,
-                channel=str(channel) if channel else None,
-            ),
+            launch.from_spec(spec, sandboxed=plan.iso.active, channel=str(channel) if channel else None),
             f"autoexp {name}",
         )
         script = scratch / "job.sh"
@@ -205,9 +196,7 @@ class SlurmExecutor:
         job_id = _run(argv, "submit the eval to Slurm").strip().split(";")[0]
         if not job_id.isdigit():
             raise EvalError(f"cannot submit the eval to Slurm: sbatch answered {job_id!r}, not a job id")
-        return RemoteRun(
-            SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel
-        )
+        return RemoteRun(SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel)
 
     def cancel(self, job_id: str) -> None:
         with contextlib.suppress(EvalError):
