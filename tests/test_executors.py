@@ -239,6 +239,44 @@ def test_a_timeout_cancels_the_job_and_leaves_nothing_running(make_repo: MakeRep
     assert row["wall_time_s"] < 3 + 10, "queue wait is not eval time, and the cancel came at the timeout"
 
 
+def occupy_the_cluster(engine: str, seconds: float) -> str:
+    """A job of someone else's that takes both CPUs of the one node for `seconds`."""
+    if engine == "slurm":
+        out = subprocess.run(
+            ["sbatch", "--parsable", "--cpus-per-task=2", "--output=/dev/null", f"--wrap=sleep {seconds}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        job_id = out.stdout.strip().split(";")[0]
+    else:
+        from ray.job_submission import JobSubmissionClient
+
+        job_id = JobSubmissionClient(RAY_ADDRESS).submit_job(entrypoint=f"sleep {seconds}", entrypoint_num_cpus=2)
+    until("the other job runs", lambda: job_state(engine, job_id) == "RUNNING")
+    return job_id
+
+
+def test_time_in_the_queue_does_not_count_against_the_timeout(make_repo: MakeRepo, engine: str) -> None:
+    cpus = {"cpus_per_task": "2"} if engine == "slurm" else {"num_cpus": "2"}
+    config = harness_config(timeout=2, extra=executor_toml(engine, **cpus))
+    repo = make_repo(value="sleep 0.5 4", config=config, files={"evaluate.py": HARNESS})
+    occupy_the_cluster(engine, 5)
+    exp = Experiment(repo)
+    try:
+        view = exp.run_eval(1)
+        assert view.status == "running" and f"queued as {engine} job" in view.reason, view
+        view = exp.run_eval(WAIT_S)
+        assert (view.status, view.metrics) == ("done", {"score": 4.0}), view
+        r = exp.state.pending.result  # type: ignore[union-attr]
+        assert r is not None and r.remote is not None
+        assert r.remote.queue_wait_s >= 2, "it waited longer than its timeout in the queue, and still ran"
+        assert r.elapsed_s < 2
+    finally:
+        exp.close()
+
+
 # --- cancelled when the server stops ----------------------------------------------------------------
 
 
