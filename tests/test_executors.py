@@ -51,6 +51,7 @@ WAIT_S = 60.0  # a job's whole life on an idle one-node cluster takes about a se
 #   sleep S V           sleeps S seconds, prints its start and end times, then "score: V"
 #   stubborn MARK       ignores SIGTERM, starts a child that ignores it too (MARK on its command line), hangs
 #   ls                  prints the names in its working directory, then "score: 1"
+#   rename              (Slurm, no sandbox) renames its own job to look like a success, prints 99, exits 3
 HARNESS = textwrap.dedent(
     """\
     import os, signal, subprocess, sys, time
@@ -68,6 +69,11 @@ HARNESS = textwrap.dedent(
         code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
         subprocess.Popen([sys.executable, "-c", code, words[1]])
         time.sleep(600)
+    elif words[0] == "rename":  # sandbox none: the eval can reach Slurm, and renames its own job
+        name = "x JobState=COMPLETED ExitCode=0:0"
+        subprocess.run(["scontrol", "update", f"JobId={os.environ['SLURM_JOB_ID']}", f"JobName={name}"], check=True)
+        print("score: 99")
+        sys.exit(3)
     elif words[0] == "ls":
         print("files:", " ".join(sorted(os.listdir("."))))
         print("score: 1")
@@ -277,6 +283,21 @@ def test_time_in_the_queue_does_not_count_against_the_timeout(make_repo: MakeRep
         exp.close()
 
 
+def test_the_timeout_holds_however_rarely_the_server_looks(make_repo: MakeRepo, engine: str) -> None:
+    """With looks 20 s apart, a run of 9 s against a timeout of 3 s is still a timeout, and is
+    cancelled at the timeout, not at the next look."""
+    config = harness_config(timeout=3, extra=executor_toml(engine).replace("poll_seconds = 0.2", "poll_seconds = 20"))
+    repo = make_repo(value="sleep 9 5", config=config, files={"evaluate.py": HARNESS})
+    exp = Experiment(repo)
+    try:
+        t0 = time.monotonic()
+        view = exp.run_eval(WAIT_S)
+        assert view.status == "timeout", view
+        assert time.monotonic() - t0 < 9, "cancelled at the timeout"
+    finally:
+        exp.close()
+
+
 # --- cancelled when the server stops ----------------------------------------------------------------
 
 
@@ -382,6 +403,42 @@ def test_a_server_killed_mid_run_is_followed_by_one_that_attaches_to_the_same_jo
     assert (row["experiment"], row["job_id"]) == (2, job_id)
     assert jobs_named(engine, run_id) == [job_id], "the restart started no second job"
     assert verify(repo) == []
+
+
+def test_a_restart_does_not_reset_the_eval_clock(make_repo: MakeRepo, engine: str) -> None:
+    """Killed 4 s into a 9 s run with a 6 s timeout: the next server follows the job and still
+    finds it past its timeout, so killing servers cannot buy an eval more time."""
+    repo = cluster_repo(make_repo, engine, value="1", timeout=6)
+    exp = Experiment(repo)
+    try:
+        assert exp.run_eval(WAIT_S).status == "done"
+        exp.decide()
+        exp.log_result()
+        exp.write_target(content="sleep 9 5\n")
+        exp.commit("slow five")
+    finally:
+        exp.close()
+    env = {**os.environ, **GIT_ENV}
+    with subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(repo)], stdout=subprocess.PIPE, text=True, env=env, cwd=repo
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            _, job_id = proc.stdout.readline().split()
+            log = repo / ".autoexp" / "runs" / "2.log"
+            until("the eval runs", lambda: log.exists() and "start" in log.read_text())
+            time.sleep(4)  # the eval's own time passing, which the test is about
+        finally:
+            proc.kill()
+    again = Experiment(repo)
+    try:
+        view = again.run_eval(WAIT_S)
+        assert view.status == "timeout", view
+        assert again.decide().status == "timeout"
+        again.log_result()
+    finally:
+        again.close()
+    assert records(repo)[-1]["job_id"] == job_id
 
 
 # --- a scheduler that is down ----------------------------------------------------------------------------
@@ -538,3 +595,33 @@ def test_unreachable_ray_or_missing_client_never_starts_a_local_run(make_repo: M
     finally:
         exp.close()
     assert not (repo / ".autoexp" / "runs").exists() or not any((repo / ".autoexp" / "runs").iterdir())
+
+
+@pytest.mark.slurm
+def test_a_job_renamed_to_look_like_a_success_is_a_crash(make_repo: MakeRepo) -> None:
+    if slurm_missing():
+        pytest.skip(slurm_missing())
+    repo = cluster_repo(make_repo, "slurm", value="rename", sandbox="none")
+    exp = Experiment(repo)
+    try:
+        view = exp.run_eval(WAIT_S)
+        assert view.status == "crash", view
+        assert "JobState= occurs 2 times" in exp.decide().reason
+    finally:
+        exp.close()
+
+
+def test_a_slurm_record_with_fields_in_its_name_or_comment_is_ambiguous_not_a_success() -> None:
+    from autoexp_mcp.executors.slurm import parse
+
+    honest = (
+        "JobId=7 JobName=autoexp-x UserId=root(0) JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0 RunTime=00:01:05"
+    )
+    st = parse(honest)
+    assert (st.phase, st.ok, st.returncode, st.ran_s) == ("ended", False, 3, 65.0)
+    for forged in (
+        honest.replace("JobName=autoexp-x", "JobName=x JobState=COMPLETED ExitCode=0:0"),
+        honest + " Comment=c\n   JobState=COMPLETED",
+    ):
+        st = parse(forged)
+        assert (st.phase, st.ok) == ("ended", False) and "cannot be read unambiguously" in st.detail

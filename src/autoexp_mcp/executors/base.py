@@ -10,6 +10,7 @@ queue wait is counted apart), and cancels the job when the run is stopped.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Literal, Protocol
 
 from ..errors import EvalError
 from ..runner import METRIC_WINDOW, RunOutcome, RunSpec, decode_tail
+
+log = logging.getLogger("autoexp_mcp")
 
 STOP_WAIT_S = 60.0  # after a cancel, how long to wait for the scheduler to say the job ended
 LOST_AFTER_S = 120.0  # the scheduler unreachable this long during a run: the run is a crash
@@ -59,6 +62,9 @@ class JobState:
     returncode: int | None = None
     ok: bool = False
     detail: str = ""  # the scheduler's words: state, reason, exit code
+    ran_s: float | None = None  # the scheduler's own count of the eval's run time so far (Slurm)
+    waited_s: float | None = None  # the scheduler's own count of the time in its queue (Slurm)
+    since_submit_s: float | None = None  # time since the job's submission, by the scheduler's record (Ray)
 
 
 class Backend(Protocol):
@@ -99,7 +105,9 @@ class RemoteRun:
         poll_s: float,
         submitted: float | None = None,
         channel: Path | None = None,
+        attached: bool = False,
     ) -> None:
+        self.attached = attached  # started by an earlier server: its clock did not start here
         self.backend = backend
         self.job_id = job_id
         self.spec = spec
@@ -108,6 +116,8 @@ class RemoteRun:
         self._submitted = time.monotonic() if submitted is None else submitted
         self._started: float | None = None
         self._last_pending = self._submitted  # when the job was last seen waiting in the queue
+        self._ran = 0.0  # how long the eval has run so far, as far as the looks tell
+        self._waited: float | None = None  # the queue wait, as the scheduler tells it
         self._node: str | None = None
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -119,7 +129,7 @@ class RemoteRun:
 
     @property
     def facts(self) -> JobFacts:
-        wait = (self._started or time.monotonic()) - self._submitted
+        wait = self._waited if self._waited is not None else (self._started or time.monotonic()) - self._submitted
         return JobFacts(self.backend.name, self.job_id, self._node, round(max(0.0, wait), 3))
 
     @property
@@ -155,14 +165,34 @@ class RemoteRun:
 
     # --- following the job --------------------------------------------------------------------
 
+    def _ran_s(self, st: JobState, now: float) -> float:
+        """How long the eval has run, never less than the scheduler says: its own count (Slurm's
+        RunTime), or for a job an earlier server started, the time since its submission when
+        the scheduler keeps no run time (Ray), so a restart never resets the eval's clock."""
+        ours = now - self._started if self._started is not None else 0.0
+        return max(ours, st.ran_s or 0.0, (st.since_submit_s or 0.0) if self.attached else 0.0)
+
     def _follow(self) -> None:
-        status: Literal["done", "crash", "timeout"] = "crash"
-        error: str | None = None
-        rc: int | None = None
+        try:
+            status, rc, error = self._until_ended()
+        except Exception as e:  # never leave the run "running" for ever: a crash, and the job stopped
+            log.exception("following %s job %s failed", self.backend.name, self.job_id)
+            with contextlib.suppress(Exception):
+                self.backend.cancel(self.job_id)
+            status, rc, error = "crash", None, f"internal error while following {self.backend.name} job: {e!r}"
+        try:
+            self._finish(status, rc, error)
+        except Exception as e:
+            log.exception("reading %s job %s failed", self.backend.name, self.job_id)
+            self._outcome = RunOutcome("crash", None, self._ran, self.spec.log_path, False, 0, f"{e!r}")
+            self._done.set()
+
+    def _until_ended(self) -> tuple[Literal["done", "crash", "timeout"], int | None, str | None]:
         pause = FIRST_POLL_S
         unreachable_since: float | None = None
         deadline_stop: float | None = None
         timed_out = False
+        timeout = self.spec.timeout_s
         while True:
             try:
                 st = self.backend.look(self.job_id)
@@ -171,34 +201,34 @@ class RemoteRun:
                 now = time.monotonic()
                 unreachable_since = unreachable_since or now
                 if now - unreachable_since > LOST_AFTER_S:
-                    error = f"lost contact with {self.backend.name} for {LOST_AFTER_S:g}s: {e}"
                     self.kill()
-                    break
+                    return "crash", None, f"lost contact with {self.backend.name} for {LOST_AFTER_S:g}s: {e}"
                 st = JobState("unknown")
             now = time.monotonic()
             if st.phase == "pending":
                 self._last_pending = now
-            if st.phase == "ended" and self._started is None:  # it ran between two looks
-                self._started = self._last_pending
             if st.node:
                 self._node = st.node
-            if st.phase == "running" and self._started is None:
-                self._started = now
+            if st.waited_s is not None:
+                self._waited = st.waited_s
+            if st.phase in ("running", "ended") and self._started is None:
+                # Between the last look that saw it queued and this one: the middle, unless the
+                # scheduler counts the run time itself (then from here, and its count rules).
+                self._started = now if st.ran_s is not None else (self._last_pending + now) / 2
+            if st.phase in ("running", "ended"):
+                self._ran = self._ran_s(st, now)
             if st.phase == "ended":
-                rc = st.returncode
-                if timed_out:
-                    status = "timeout"
-                elif self._stop.is_set():
-                    status, error = "crash", "cancelled"
-                elif st.ok:
-                    status = "done"
-                else:
-                    status, error = "crash", f"{self.backend.name} job {self.job_id} {st.detail}"
-                break
+                # Timed out also when it ended between two looks, or while no server followed it.
+                if timed_out or self._ran > timeout:
+                    return "timeout", st.returncode, None
+                if self._stop.is_set():
+                    return "crash", st.returncode, "cancelled"
+                if st.ok:
+                    return "done", st.returncode, None
+                return "crash", st.returncode, f"{self.backend.name} job {self.job_id} {st.detail}"
             if st.phase == "unknown" and unreachable_since is None:
-                status, error = "crash", f"{self.backend.name} job {self.job_id} {st.detail or 'is unknown'}"
-                break
-            if self._started is not None and not timed_out and now - self._started > self.spec.timeout_s:
+                return "crash", None, f"{self.backend.name} job {self.job_id} {st.detail or 'is unknown'}"
+            if st.phase == "running" and not timed_out and self._ran > timeout:
                 timed_out = True
                 self._stop.set()
                 with contextlib.suppress(EvalError):
@@ -206,16 +236,18 @@ class RemoteRun:
             if self._stop.is_set():
                 deadline_stop = deadline_stop or now + STOP_WAIT_S
                 if now > deadline_stop:
-                    status = "timeout" if timed_out else "crash"
-                    error = f"{self.backend.name} job {self.job_id} did not end within {STOP_WAIT_S:g}s of its cancel"
-                    break
-            self._stop.wait(pause) if not self._stop.is_set() else time.sleep(min(pause, 0.2))
+                    why = f"{self.backend.name} job {self.job_id} did not end within {STOP_WAIT_S:g}s of its cancel"
+                    return ("timeout" if timed_out else "crash"), None, why
+                time.sleep(min(pause, 0.2))
+            else:
+                wait = pause
+                if st.phase == "running":  # look again at the timeout, not a poll interval after it
+                    wait = min(pause, max(FIRST_POLL_S, timeout - self._ran + FIRST_POLL_S))
+                self._stop.wait(wait)
             pause = min(self.poll_s, pause * 1.5)
-        self._finish(status, rc, error)
 
     def _finish(self, status: Literal["done", "crash", "timeout"], rc: int | None, error: str | None) -> None:
-        end = time.monotonic()
-        elapsed = end - (self._started or end)
+        elapsed = self._ran
         try:
             data = self.backend.output(self.job_id)
         except (EvalError, OSError) as e:

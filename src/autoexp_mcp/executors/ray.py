@@ -20,6 +20,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,16 +83,23 @@ class RayBackend:
         status = str(getattr(info.status, "value", info.status))
         node = (info.driver_node_id or "")[:12] or None
         rc = info.driver_exit_code
+        # Ray records when the job was submitted, not when its command started: an upper bound
+        # of the run time, for a job an earlier server started.
+        since = None
+        if info.start_time:
+            since = max(0.0, (info.end_time or time.time() * 1000) - info.start_time) / 1000
         if status == "PENDING":
             return JobState("pending", node, detail=info.message or status)
         if status == "RUNNING":
-            return JobState("running", node, detail=status)
+            return JobState("running", node, detail=status, since_submit_s=since)
         if status == "SUCCEEDED":
-            return JobState("ended", node, rc if rc is not None else 0, ok=True, detail=status)
+            return JobState("ended", node, rc if rc is not None else 0, ok=True, detail=status, since_submit_s=since)
         if status == "FAILED" and rc is not None:
-            return JobState("ended", node, rc, detail=f"FAILED: the eval {describe_exit(rc, True)}")
+            said = f"FAILED: the eval {describe_exit(rc, True)}"
+            return JobState("ended", node, rc, detail=said, since_submit_s=since)
         why = "was stopped" if status == "STOPPED" else f"ended {status}"
-        return JobState("ended", node, rc, detail=f"{why} ({(info.message or '').strip()[:300]})")
+        said = f"{why} ({(info.message or '').strip()[:300]})"
+        return JobState("ended", node, rc, detail=said, since_submit_s=since)
 
     def cancel(self, job_id: str) -> None:
         with contextlib.suppress(LookupError):
@@ -226,4 +234,5 @@ class RayExecutor:
 
     def attach(self, plan: RunPlan, job_id: str, name: str) -> RemoteRun:
         spec = plan.spec_for_attach(None)
-        return RemoteRun(RayBackend(self.client(), spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds)
+        backend = RayBackend(self.client(), spec.log_path)
+        return RemoteRun(backend, job_id, spec, poll_s=self.cfg.poll_seconds, attached=True)

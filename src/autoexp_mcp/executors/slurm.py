@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from ..config import ExecutorConfig
@@ -53,7 +54,12 @@ def _run(argv: list[str], what: str, whole: bool = False) -> str:
         )
     try:
         res = subprocess.run(
-            [exe, *argv[1:]], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL
+            [exe, *argv[1:]],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",  # a job's name or comment may hold any bytes
+            timeout=COMMAND_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
         raise EvalError(f"cannot {what}: {argv[0]} did not answer within {COMMAND_TIMEOUT_S:g}s") from None
@@ -68,32 +74,61 @@ def time_limit(timeout_s: float) -> str:
     return str(max(1, math.ceil((timeout_s + TIME_MARGIN_S) / 60)))
 
 
+def _seconds(value: str | None) -> float | None:
+    """Slurm's [D-][HH:]MM:SS as seconds."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", value or "")
+    if not m:
+        return None
+    d, h, mi, se = (int(x) if x else 0 for x in m.groups())
+    return float(((d * 24 + h) * 60 + mi) * 60 + se)
+
+
+def _stamp(value: str | None) -> float | None:
+    try:
+        return time.mktime(time.strptime(value or "", "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
 def parse(text: str) -> JobState:
-    """A job's state from `scontrol show job -o` (one line of Key=Value words)."""
-
-    def field(key: str) -> str | None:
-        m = re.search(rf"(?:^|\s){key}=(\S*)", text)
-        return m.group(1) if m else None
-
-    state = (field("JobState") or "UNKNOWN").split("+")[0]
-    node = field("BatchHost") or field("NodeList")
+    """A job's state from `scontrol show job -o`: Key=Value words. The job's name and comment
+    are free text a run could set to look like fields, so each field read must occur exactly
+    once; a record where one does not is ambiguous, and the run a crash."""
+    fields: dict[str, str] = {}
+    for key in ("JobState", "ExitCode", "Reason", "BatchHost", "NodeList", "RunTime", "SubmitTime", "StartTime"):
+        found = re.findall(rf"(?:^|\s){key}=(\S*)", text)
+        if len(found) > 1:
+            return JobState(
+                "ended",
+                detail="cannot be read unambiguously: its name or comment holds Slurm's field names "
+                f"({key}= occurs {len(found)} times); the run must not rename its job",
+            )
+        if found:
+            fields[key] = found[0]
+    state = (fields.get("JobState") or "UNKNOWN").split("+")[0]
+    node = fields.get("BatchHost") or fields.get("NodeList")
     node = None if node in (None, "", "(null)", "None assigned") else node
-    reason = field("Reason") or "None"
-    code, sig = (int(x) for x in (field("ExitCode") or "0:0").split(":")[:2])
+    reason = fields.get("Reason") or "None"
+    code, sig = (int(x) for x in (fields.get("ExitCode") or "0:0").split(":")[:2])
     rc = -sig if sig else code
     where = f" on {node}" if node else ""
+    ran = _seconds(fields.get("RunTime"))
+    submit, start = _stamp(fields.get("SubmitTime")), _stamp(fields.get("StartTime"))
+    waited = start - submit if submit is not None and start is not None and state not in PENDING else None
     if state in PENDING:
         return JobState("pending", node, detail=f"{state} ({reason})")
     if state in RUNNING:
-        return JobState("running", node, detail=state)
+        return JobState("running", node, detail=state, ran_s=ran, waited_s=waited)
     if state == "COMPLETED":
-        return JobState("ended", node, rc, ok=True, detail=f"COMPLETED{where}")
+        return JobState("ended", node, rc, True, f"COMPLETED{where}", ran, waited)
+    because = f" ({reason})" if reason not in ("None", "NonZeroExitCode") else ""
     if state == "FAILED":
-        return JobState("ended", node, rc, detail=f"FAILED{where}: the eval {describe_exit(rc, True)}")
+        said = f"FAILED{where}: the eval {describe_exit(rc, True)}{because}"
+        return JobState("ended", node, rc, False, said, ran, waited)
     if state in REQUEUED:
-        return JobState("ended", node, rc, detail=f"was requeued{where} (preempted, or its node failed)")
+        return JobState("ended", node, rc, False, f"was requeued{where} (preempted, or its node failed)", ran, waited)
     why = WHY.get(state, f"ended {state}")
-    return JobState("ended", node, rc, detail=f"{why}{where} (Slurm state {state}, reason {reason})")
+    return JobState("ended", node, rc, False, f"{why}{where} (Slurm state {state}, reason {reason})", ran, waited)
 
 
 class SlurmBackend:
@@ -204,16 +239,15 @@ class SlurmExecutor:
 
     def find(self, name: str) -> str | None:
         """The id of the job named `name`, if Slurm knows one (running, or ended lately)."""
-        out = _run(["scontrol", "show", "job", "-o"], "list the Slurm jobs")
-        for line in out.splitlines():
-            m = re.search(r"(?:^|\s)JobId=(\d+)\s(?:.*\s)?JobName=(\S+)", line)
-            if m and m.group(2) == name:
-                return m.group(1)
-        return None
+        out = _run(["squeue", "-h", "-t", "all", "-n", name, "-o", "%i"], "look the job up in Slurm")
+        ids = [w for w in out.split() if w.isdigit()]
+        return ids[0] if ids else None
 
     def attach(self, plan: RunPlan, job_id: str, name: str) -> RemoteRun:
         """Follow a job an earlier server submitted for this run (its log is where it was)."""
         scratch = scratch_dir(plan, name)
         spec = plan.spec_for_attach(scratch)
         channel = scratch / "channel" if scratch.is_dir() and spec.metric_channel else None
-        return RemoteRun(SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel)
+        return RemoteRun(
+            SlurmBackend(spec.log_path), job_id, spec, poll_s=self.cfg.poll_seconds, channel=channel, attached=True
+        )
