@@ -37,6 +37,7 @@ from conftest import (
     call_error,
     cmdline_pids,
     harness_config,
+    init_repo,
     installed_command,
     server_env,
     stdio_params,
@@ -625,3 +626,54 @@ def test_a_slurm_record_with_fields_in_its_name_or_comment_is_ambiguous_not_a_su
     ):
         st = parse(forged)
         assert (st.phase, st.ok) == ("ended", False) and "cannot be read unambiguously" in st.detail
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["--job-name=mine", "-Jmine", "-vJmine", "--outp=/dev/null", "-o/dev/null", "--array=0-2", "-a0-2", "--wrap=x",
+     "--exp=ALL", "--requeue", "--parsable", "-W", "--hold", "-D/tmp", "--open-mode=append"],
+)  # fmt: skip
+def test_sbatch_options_the_server_controls_are_refused_however_spelt(arg: str) -> None:
+    from autoexp_mcp.config import parse_config
+    from autoexp_mcp.errors import ConfigError
+
+    data = {
+        "experiment": {"tag": "t", "target": "t.txt", "eval": "python e.py"},
+        "metric": [{"name": "score", "direction": "max"}],
+        "executor": {"kind": "slurm", "extra_args": [arg]},
+    }
+    with pytest.raises(ConfigError, match="sets what the server must control"):
+        parse_config(data, "autoexp.toml")
+    for fine in (["--qos=short"], ["--exclude=node7"], ["-pgpu"], ["--mem=8G", "-c4"], ["--constraint=a100"]):
+        data["executor"] = {"kind": "slurm", "extra_args": fine}
+        parse_config(data, "autoexp.toml")
+
+
+def test_ray_with_the_sandboxs_network_on_is_refused() -> None:
+    from autoexp_mcp.config import parse_config
+    from autoexp_mcp.errors import ConfigError
+
+    data: dict[str, Any] = {
+        "experiment": {"tag": "t", "target": "t.txt", "eval": "python e.py"},
+        "metric": [{"name": "score", "direction": "max"}],
+        "executor": {"kind": "ray"},
+        "sandbox": {"network": True},
+    }
+    with pytest.raises(ConfigError, match="submit jobs of its own"):
+        parse_config(data, "autoexp.toml")
+    data["sandbox"]["mode"] = "none"
+    parse_config(data, "autoexp.toml")
+
+
+@pytest.mark.slurm
+def test_a_repository_path_with_percent_signs_and_spaces_runs_on_slurm(tmp_path: Path) -> None:
+    if slurm_missing():
+        pytest.skip(slurm_missing())
+    files = {"value.txt": "2\n", "evaluate.py": HARNESS, "autoexp.toml": harness_config(extra=executor_toml("slurm"))}
+    repo = init_repo(tmp_path / "runs of 100%j 'q'", files)  # (two % make GitPython warn)
+    exp = Experiment(repo)
+    try:
+        view = exp.run_eval(WAIT_S)
+        assert (view.status, view.metrics) == ("done", {"score": 2.0}), view
+    finally:
+        exp.close()

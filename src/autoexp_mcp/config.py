@@ -178,7 +178,7 @@ class MetricConfig(_Frozen):
         if self.pattern is not None and self.json_key is not None:
             raise ValueError(f"metric {self.name!r}: give pattern or json_key, not both")
         if self.file is not None and self.channel == "fd":
-            raise ValueError(f"metric {self.name!r}: give file or channel = \"fd\", not both")
+            raise ValueError(f'metric {self.name!r}: give file or channel = "fd", not both')
         for bound in (self.at_least, self.at_most, self.weight):
             if bound is not None and not math.isfinite(bound):
                 raise ValueError(f"metric {self.name!r}: bounds and weights must be finite numbers")
@@ -206,8 +206,9 @@ class HoldoutConfig(_Frozen):
     tolerance: float = Field(0.0, ge=0, description="regression of the objective allowed on the hold-out")
     timeout: float | None = Field(None, gt=0)
     files: tuple[str, ...] = Field(
-        (), description="its script and data in the repository, hidden from the visible eval (besides the "
-        "files named in the command, which are hidden anyway)"
+        (),
+        description="its script and data in the repository, hidden from the visible eval (besides the "
+        "files named in the command, which are hidden anyway)",
     )
 
     @field_validator("eval")
@@ -244,7 +245,7 @@ class SandboxConfig(_Frozen):
             if p == "." or p.split("/")[0] in (".git", ".autoexp"):
                 raise ValueError(
                     f"sandbox path {p!r} must be a directory inside the repository, not the repository itself, "
-                    ".git or .autoexp (e.g. writable = [\"out\"])"
+                    '.git or .autoexp (e.g. writable = ["out"])'
                 )
         return paths
 
@@ -276,13 +277,38 @@ class ResourcesConfig(_Frozen):
     def _gpus(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for d in v:
             if not re.fullmatch(r"[A-Za-z0-9:,_-]{1,64}", d):
-                raise ValueError(f"gpus entry {d!r} must be a device id such as \"0\" or \"GPU-3f2a\"")
+                raise ValueError(f'gpus entry {d!r} must be a device id such as "0" or "GPU-3f2a"')
         return v
 
     @property
     def count(self) -> int:
         """How many slots: one per device when devices are listed, else `slots`."""
         return len(self.gpus) or self.slots
+
+
+# sbatch options the server sets itself, or that would break its following of the job.
+SBATCH_DENIED_LONG = (
+    "output", "error", "input", "chdir", "wrap", "export", "export-file", "job-name", "array", "open-mode",
+    "requeue", "no-requeue", "parsable", "wait", "test-only", "hold", "get-user-env",
+)  # fmt: skip
+SBATCH_DENIED_SHORT = frozenset("oeiDJaWH")
+# Short sbatch options that take a value: what follows them in the same word is that value.
+SBATCH_SHORT_WITH_VALUE = frozenset("AabCcDdeFGiJLMmNnopqStwx")
+
+
+def _sbatch_option_denied(arg: str) -> bool:
+    """Whether an sbatch argument sets one of the denied options, however it is spelt: a long
+    option by any prefix sbatch would accept (`--outp=`), a short one glued to its value
+    (`-o/dev/null`) or grouped with flags (`-vJname`)."""
+    if arg.startswith("--"):
+        name = arg[2:].split("=", 1)[0]
+        return bool(name) and any(d.startswith(name) for d in SBATCH_DENIED_LONG)
+    for ch in arg[1:]:
+        if ch in SBATCH_DENIED_SHORT:
+            return True
+        if ch in SBATCH_SHORT_WITH_VALUE or not ch.isalpha():
+            return False
+    return False
 
 
 class ExecutorConfig(_Frozen):
@@ -310,10 +336,13 @@ class ExecutorConfig(_Frozen):
     @classmethod
     def _extra(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for a in v:
-            if not a.startswith("-"):
-                raise ValueError(f"extra_args entry {a!r} must be an sbatch option such as \"--qos=short\"")
-            if a.split("=")[0] in ("--output", "-o", "--error", "-e", "--chdir", "-D", "--wrap", "--export"):
-                raise ValueError(f"extra_args entry {a!r} sets what the server must control (output, directory, env)")
+            if not a.startswith("-") or a in ("-", "--"):
+                raise ValueError(f'extra_args entry {a!r} must be an sbatch option such as "--qos=short"')
+            if _sbatch_option_denied(a):
+                raise ValueError(
+                    f"extra_args entry {a!r} sets what the server must control (the job's name, output, "
+                    "directory, environment, requeueing, or a job array); remove it"
+                )
         return v
 
 
@@ -348,6 +377,12 @@ class Config(_Frozen):
         _check_metrics(self.metric, self.policy, "[[metric]]")
         for i, st in enumerate(self.stage):
             _check_metrics(st.metric, st.policy or self.policy, f"[[stage]] #{i + 1} ({st.name})")
+        if self.executor.kind == "ray" and self.sandbox.network and self.sandbox.mode != "none":
+            raise ValueError(
+                '[sandbox] network = true with [executor] kind = "ray": the eval could submit jobs of its own to '
+                "the Ray cluster's job API, and they run outside the sandbox. Keep the network off, or set "
+                '[sandbox] mode = "none" knowingly'
+            )
         if self.executor.kind == "ray":
             for m in (*self.metric, *(m for st in self.stage for m in st.metric)):
                 if m.file is not None or m.channel == "fd":

@@ -224,7 +224,7 @@ class SlurmExecutor:
             "--export=NONE",
             f"--job-name={name}",
             f"--chdir={plan.root}",
-            f"--output={spec.log_path}",
+            f"--output={str(spec.log_path).replace('%', '%%')}",  # sbatch expands %j, %x, ... in it
             *self._options(spec.timeout_s),
             str(script),
         ]
