@@ -51,7 +51,8 @@ WAIT_S = 60.0  # a job's whole life on an idle one-node cluster takes about a se
 #   crash               exits 2
 #   sleep S V           sleeps S seconds, prints its start and end times, then "score: V"
 #   stubborn MARK       ignores SIGTERM, starts a child that ignores it too (MARK on its command line), hangs
-#   ls                  prints the names in its working directory, then "score: 1"
+#   ls                  prints the names in its working directory and beside it, then "score: 1"
+#   write               writes out/result.txt (a writable dir), then "score: 1"
 #   rename              (Slurm, no sandbox) renames its own job to look like a success, prints 99, exits 3
 HARNESS = textwrap.dedent(
     """\
@@ -77,6 +78,10 @@ HARNESS = textwrap.dedent(
         sys.exit(3)
     elif words[0] == "ls":
         print("files:", " ".join(sorted(os.listdir("."))))
+        print("beside:", " ".join(sorted(os.listdir(".."))))
+        print("score: 1")
+    elif words[0] == "write":
+        open("out/result.txt", "w").write("written")
         print("score: 1")
     else:
         print("score:", float(words[0]))
@@ -545,6 +550,22 @@ def test_a_ray_job_runs_in_a_snapshot_without_git_state_ledger_or_holdout(make_r
     names = set(listed.group(1).split())
     assert {"evaluate.py", "value.txt", "autoexp.toml"} <= names
     assert not names & {".git", ".autoexp", "results.tsv", "experiments.jsonl", "secret_eval.py"}, names
+    beside = re.search(r"beside: (.*)", (repo / ".autoexp" / "runs" / "1.log").read_text())
+    assert beside is not None and len(beside.group(1).split()) == 1, "other jobs' working dirs are out of sight"
+
+
+@pytest.mark.ray
+def test_a_sandboxed_ray_job_writes_its_writable_dir(make_repo: MakeRepo) -> None:
+    if ray_missing():
+        pytest.skip(ray_missing())
+    extra = '\n[sandbox]\nwritable = ["out"]\n' + executor_toml("ray")
+    repo = make_repo(value="write", config=harness_config(extra=extra), files={"evaluate.py": HARNESS})
+    exp = Experiment(repo)
+    try:
+        view = exp.run_eval(WAIT_S)
+        assert view.status == "done", view
+    finally:
+        exp.close()
 
 
 def test_check_submits_one_run_through_the_configured_executor(make_repo: MakeRepo, engine: str) -> None:

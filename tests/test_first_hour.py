@@ -182,6 +182,7 @@ def test_a_config_change_that_makes_results_incomparable_is_refused_with_the_way
 
 # --- the CLI in a pipeline's later stage -------------------------------------------------------
 
+
 def test_status_and_prompt_in_a_later_stage_speak_of_that_stage(tmp_path: Path) -> None:
     from conftest import pipeline_repo
 

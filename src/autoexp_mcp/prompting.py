@@ -163,8 +163,6 @@ def render_current(
     if not full_cfg.stage:
         return render(full_cfg, records, root=root, domain=domain)
     name = full_cfg.stage_name(stage)
-    line = (
-        f"- **Pipeline stage**: {stage + 1} of {len(full_cfg.stage)} ({name}); earlier stages' targets are frozen."
-    )
+    line = f"- **Pipeline stage**: {stage + 1} of {len(full_cfg.stage)} ({name}); earlier stages' targets are frozen."
     rows = [r for r in records if r.stage == name]
     return render(full_cfg.for_stage(stage), rows, root=root, domain=domain, stage_line=line)

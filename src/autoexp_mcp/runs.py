@@ -114,6 +114,7 @@ class RunPlan:
     git_dirs: Sequence[Path] = ()
     holdout: bool = False  # the hold-out run: its own files stay visible
     log_root: Path | None = None  # where log_rel lives (default: root)
+    cover: tuple[Path, ...] = ()  # sandbox.Plan.cover: dirs around the root the eval must not see
     _scratch: Path | None = None
     _binds: dict[str, Path] = field(default_factory=dict)  # metric file -> server-owned copy bound at it
     _before: dict[str, tuple[int, int, int] | None] = field(default_factory=dict)
@@ -171,6 +172,7 @@ class RunPlan:
                 files=tuple(files),
                 network=self.cfg.sandbox.network,
                 devices=self.cfg.sandbox.devices,
+                cover=self.cover,
             )
             sandbox.prepare(plan)
             argv = sandbox.wrap(plan, list(self.argv))

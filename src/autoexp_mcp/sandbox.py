@@ -84,6 +84,10 @@ class Plan:
     # Paths under a tree the sandbox replaces (/tmp, /run) that the command needs, bound again
     # read-only: a virtualenv or a PATH entry that lives in /tmp.
     keep: tuple[Path, ...] = ()
+    # Directories replaced by an empty tmpfs before the repository is bound again (a scheduler's
+    # own files around a job's working dir), and whether to bind the repository again in any case.
+    cover: tuple[Path, ...] = ()
+    bind_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,7 +211,9 @@ def wrap(plan: Plan, argv: Sequence[str], bwrap: str = "bwrap") -> list[str]:
     home = _home(plan)
     exe = shutil.which(bwrap) or bwrap  # resolved here: the eval's own PATH may lack it
     args = [exe, *_namespaces(plan.network), *_system(plan.network), "--dir", home]
-    if any(root.is_relative_to(d) for d in REPLACED):
+    for c in plan.cover:
+        args += ["--tmpfs", str(_abs(c, "covered dir"))]
+    if plan.bind_root or plan.cover or any(root.is_relative_to(d) for d in REPLACED):
         args += ["--ro-bind", str(root), str(root)]
     for k in plan.keep:
         path = _abs(k, "kept path")

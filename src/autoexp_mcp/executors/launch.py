@@ -42,10 +42,20 @@ class Launch:
     cpu_seconds: int | None = None
     memory_mb: int | None = None
     channel: str | None = None  # a file the metric channel (fd 3) writes to
-    workdir_word: str | None = None  # an argv word to replace by the job's working directory
+    # argv words (and paths beneath them) that stand for places known only on the node, by the
+    # shell expression of each, e.g. the server-side snapshot for "$PWD"
+    places: tuple[tuple[str, str], ...] = ()
+    prelude: tuple[str, ...] = ()  # shell lines run before the eval (outside its sandbox)
 
 
-def from_spec(spec: RunSpec, *, sandboxed: bool, channel: str | None = None, workdir_word: str | None = None) -> Launch:
+def from_spec(
+    spec: RunSpec,
+    *,
+    sandboxed: bool,
+    channel: str | None = None,
+    places: tuple[tuple[str, str], ...] = (),
+    prelude: tuple[str, ...] = (),
+) -> Launch:
     """The launch of a prepared run (`RunPlan.prepare`): its command, environment and limits.
     Its log was made fresh, with nothing planted at its path; the job writes it by its path,
     so the server's descriptor of it is closed here."""
@@ -58,13 +68,17 @@ def from_spec(spec: RunSpec, *, sandboxed: bool, channel: str | None = None, wor
         cpu_seconds=spec.cpu_seconds,
         memory_mb=spec.memory_mb,
         channel=channel,
-        workdir_word=workdir_word,
+        places=places,
+        prelude=prelude,
     )
 
 
-def _word(w: str, workdir_word: str | None) -> str:
-    if workdir_word is not None and w == workdir_word:
-        return '"$PWD"'
+def _word(w: str, places: tuple[tuple[str, str], ...]) -> str:
+    for word, expr in places:
+        if w == word:
+            return f'"{expr}"'
+        if w.startswith(word + "/"):
+            return f'"{expr}"' + shlex.quote(w[len(word) :])
     return shlex.quote(w)
 
 
@@ -81,6 +95,7 @@ def script(launch: Launch, title: str) -> str:
             'eval cannot run sandboxed there: install it on the nodes, or set [sandbox] mode = \\"none\\"" >&2; '
             "exit 126; }"
         )
+    lines += launch.prelude
     env = dict(launch.env)
     if launch.channel is not None:
         lines.append(f"exec {CHANNEL_FD}>{shlex.quote(launch.channel)}")
@@ -91,7 +106,7 @@ def script(launch: Launch, title: str) -> str:
     if launch.sandboxed:  # the node's own bubblewrap, wherever it is installed there
         words.append('"$BWRAP"')
         argv = argv[1:]
-    words += (_word(w, launch.workdir_word) for w in argv)
+    words += (_word(w, launch.places) for w in argv)
     # The eval in a session of its own, writing into a pipe the script relays to the job's
     # output; when it exits, whatever it left in its process group is killed, and the relay
     # gets a bounded time to pass on what is still in the pipe.

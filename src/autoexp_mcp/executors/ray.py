@@ -17,6 +17,7 @@ import dataclasses
 import io
 import logging
 import os
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -34,6 +35,14 @@ from .base import JobState, RemoteRun
 # and with it Ray's unpacked copy, is new; and the job's entrypoint stays one short line in its log.
 LAUNCH_FILE = ".autoexp-run.sh"
 ENTRYPOINT_LINE = b"Running entrypoint for job "  # the last line Ray writes before the eval's output
+# Ray unpacks a job's working dir at <temp dir>/session_<id>/runtime_resources/...: the temp dir,
+# found from the working dir on the node, stands in the sandbox's command line for this word.
+RAY_TEMP_WORD = Path("/autoexp-ray-temp-dir")
+RAY_TEMP_LINES = (
+    'ray_session="${PWD%/runtime_resources/*}"',
+    'RAY_TEMP="${ray_session%/*}"',
+    'case "$RAY_TEMP" in ""|/) RAY_TEMP="$PWD" ;; esac',  # an unknown layout: cover nothing but the working dir
+)
 
 
 def _client_class() -> Any:
@@ -194,13 +203,20 @@ class RayExecutor:
         scratch.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="autoexp-ray-", dir=scratch))
         work = tmp / "snapshot"
-        inner = dataclasses.replace(plan, root=work, log_root=plan.root)
+        # Ray's own files (its logs, other jobs' working dirs: a hold-out's among them) lie around
+        # the job's working dir, wherever Ray keeps them: covered, and the working dir bound again.
+        inner = dataclasses.replace(plan, root=work, log_root=plan.root, cover=(RAY_TEMP_WORD,))
         try:
             snapshot(plan, commit, work)
             spec = inner.prepare(scratch_at=tmp / "run")
-            body = launch.script(
-                launch.from_spec(spec, sandboxed=plan.iso.active, workdir_word=str(work)), f"autoexp {name}"
+            writable = [f'mkdir -p "$PWD"/{shlex.quote(w)}' for w in plan.cfg.sandbox.writable]
+            found = launch.from_spec(
+                spec,
+                sandboxed=plan.iso.active,
+                places=((str(work), "$PWD"), (str(RAY_TEMP_WORD), "$RAY_TEMP")),
+                prelude=(*RAY_TEMP_LINES, *writable),
             )
+            body = launch.script(found, f"autoexp {name}")
             (work / LAUNCH_FILE).write_text(body)
             backend = RayBackend(client, spec.log_path)
             kwargs: dict[str, Any] = {
