@@ -27,6 +27,7 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
+import ctypes  # noqa: E402
 import importlib.util  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -50,6 +51,11 @@ CHILD_SLACK_S = 30.0  # start-up and prediction time of the child, beyond the tr
 _METRIC_FD = os.environ.pop("AUTOEXP_METRIC_FD", None)
 if _METRIC_FD is not None:
     os.set_inheritable(int(_METRIC_FD), False)
+    if sys.platform.startswith("linux"):
+        # Not dumpable: train.py's processes cannot open this one's descriptors through
+        # /proc/<pid>/fd and write to the channel themselves (in the sandbox they lack the
+        # capability that would override it).
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
 
 
 class EvalError(Exception):
