@@ -52,6 +52,7 @@ WAIT_S = 60.0  # a job's whole life on an idle one-node cluster takes about a se
 #   sleep S V           sleeps S seconds, prints its start and end times, then "score: V"
 #   stubborn MARK       ignores SIGTERM, starts a child that ignores it too (MARK on its command line), hangs
 #   ls                  prints the names in its working directory and beside it, then "score: 1"
+#   flood N V           prints N MiB of lines, then "score: V"
 #   write               writes out/result.txt (a writable dir), then "score: 1"
 #   rename              (Slurm, no sandbox) renames its own job to look like a success, prints 99, exits 3
 HARNESS = textwrap.dedent(
@@ -80,6 +81,11 @@ HARNESS = textwrap.dedent(
         print("files:", " ".join(sorted(os.listdir("."))))
         print("beside:", " ".join(sorted(os.listdir(".."))))
         print("score: 1")
+    elif words[0] == "flood":  # N MiB of output, then the metric
+        line = "x" * 1023 + "\\n"
+        for _ in range(int(words[1]) * 1024):
+            sys.stdout.write(line)
+        print("score:", float(words[2]))
     elif words[0] == "write":
         open("out/result.txt", "w").write("written")
         print("score: 1")
@@ -302,6 +308,23 @@ def test_the_timeout_holds_however_rarely_the_server_looks(make_repo: MakeRepo, 
         assert time.monotonic() - t0 < 9, "cancelled at the timeout"
     finally:
         exp.close()
+
+
+def test_a_jobs_output_is_capped_as_a_local_runs_log_is(make_repo: MakeRepo, engine: str) -> None:
+    config = harness_config(extra=executor_toml(engine)).replace(
+        "[experiment]\n", "[experiment]\nmax_log_bytes = 1048576\n"
+    )
+    repo = make_repo(value="flood 40 6", config=config, files={"evaluate.py": HARNESS})
+    exp = Experiment(repo)
+    try:
+        view = exp.run_eval(WAIT_S)
+        assert (view.status, view.metrics) == ("done", {"score": 6.0}), view
+        exp.decide()
+        exp.log_result()
+    finally:
+        exp.close()
+    assert (repo / ".autoexp" / "runs" / "1.log").stat().st_size <= 1048576 + 4096
+    assert records(repo)[-1]["log_truncated"] is True
 
 
 # --- cancelled when the server stops ----------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -78,8 +79,9 @@ class Backend(Protocol):
 
     def cancel(self, job_id: str) -> None: ...
 
-    def output(self, job_id: str) -> bytes:
-        """All the output the job printed so far (the metrics come from its first and last window)."""
+    def output(self, job_id: str) -> tuple[bytes, int]:
+        """What the metrics are read from (the first and last window of the job's output, see
+        `windowed`), and how many bytes of output the job left."""
         ...
 
     def output_tail(self, job_id: str, n: int) -> bytes: ...
@@ -90,6 +92,17 @@ def windowed(data: bytes) -> bytes:
     if len(data) <= 2 * METRIC_WINDOW:
         return data
     return data[:METRIC_WINDOW] + b"\n" + data[-METRIC_WINDOW:]
+
+
+def windowed_file(path: os.PathLike[str] | str) -> tuple[bytes, int]:
+    """`windowed` of a file's content, reading no more than the two windows; and its size."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= 2 * METRIC_WINDOW:
+            return f.read(), size
+        head = f.read(METRIC_WINDOW)
+        f.seek(size - METRIC_WINDOW)
+        return head + b"\n" + f.read(METRIC_WINDOW), size
 
 
 class RemoteRun:
@@ -249,9 +262,9 @@ class RemoteRun:
     def _finish(self, status: Literal["done", "crash", "timeout"], rc: int | None, error: str | None) -> None:
         elapsed = self._ran
         try:
-            data = self.backend.output(self.job_id)
+            data, size = self.backend.output(self.job_id)
         except (EvalError, OSError) as e:
-            data = b""
+            data, size = b"", 0
             if status == "done":
                 status, error = "crash", f"cannot read the job's output: {e}"
         channel = b""
@@ -263,10 +276,10 @@ class RemoteRun:
             returncode=rc,
             elapsed_s=round(elapsed, 3),
             log_path=self.spec.log_path,
-            truncated=False,
-            output_bytes=len(data),
+            truncated=size > self.spec.max_log_bytes // 2,  # the relay kept its head and tail
+            output_bytes=size,
             error=error,
-            output=windowed(data),
+            output=data,
             channel=channel,
         )
         self._done.set()

@@ -46,6 +46,7 @@ class Launch:
     # shell expression of each, e.g. the server-side snapshot for "$PWD"
     places: tuple[tuple[str, str], ...] = ()
     prelude: tuple[str, ...] = ()  # shell lines run before the eval (outside its sandbox)
+    max_log_bytes: int = 64 * 1024 * 1024  # [experiment] max_log_bytes: the most of its output the job keeps
 
 
 def from_spec(
@@ -70,6 +71,7 @@ def from_spec(
         channel=channel,
         places=places,
         prelude=prelude,
+        max_log_bytes=spec.max_log_bytes,
     )
 
 
@@ -112,7 +114,9 @@ def script(launch: Launch, title: str) -> str:
     # gets a bounded time to pass on what is still in the pipe.
     lines += [
         'relay_dir=$(mktemp -d) && mkfifo -m 600 "$relay_dir/out" || exit 125',
-        'cat "$relay_dir/out" & relay=$!',
+        # At most max_log_bytes reach the job's output: its first half, then the last half of the
+        # rest (what lies between is dropped, as a local run's log keeps its head and tail).
+        f'{{ head -c {launch.max_log_bytes // 2}; tail -c {launch.max_log_bytes // 2}; }} <"$relay_dir/out" & relay=$!',
         "setsid -w " + " ".join(words) + ' >"$relay_dir/out" 2>&1 </dev/null & eval_pid=$!',
         "wait $eval_pid; rc=$?",
         "kill -KILL -- -$eval_pid 2>/dev/null",

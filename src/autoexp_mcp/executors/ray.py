@@ -29,7 +29,7 @@ from ..config import ExecutorConfig
 from ..errors import EvalError
 from ..runs import RunPlan, describe_exit
 from . import launch
-from .base import JobState, RemoteRun
+from .base import JobState, RemoteRun, windowed
 
 # The run's launch script, in its working dir: unique to the run, so the snapshot's content hash,
 # and with it Ray's unpacked copy, is new; and the job's entrypoint stays one short line in its log.
@@ -114,7 +114,7 @@ class RayBackend:
         with contextlib.suppress(LookupError):
             self._ask(f"stop Ray job {job_id}", self.client.stop_job, job_id)
 
-    def output(self, job_id: str) -> bytes:
+    def output(self, job_id: str) -> tuple[bytes, int]:
         try:
             text = self._ask("read the Ray job's logs", self.client.get_job_logs, job_id)
         except LookupError as e:
@@ -122,7 +122,7 @@ class RayBackend:
         data = _eval_part(str(text).encode("utf-8", errors="replace"))
         with open(self.log_path, "wb") as f:  # the run's record, as for a local run
             f.write(data)
-        return data
+        return windowed(data), len(data)
 
     def output_tail(self, job_id: str, n: int) -> bytes:
         try:

@@ -24,7 +24,7 @@ from ..config import ExecutorConfig
 from ..errors import EvalError
 from ..runs import RunPlan, describe_exit
 from . import launch
-from .base import JobState, RemoteRun
+from .base import JobState, RemoteRun, windowed_file
 
 COMMAND_TIMEOUT_S = 30.0  # one sbatch/scontrol/scancel call
 TIME_MARGIN_S = 60  # the job's own limit, past the eval's timeout: the server cancels first
@@ -152,9 +152,8 @@ class SlurmBackend:
     def cancel(self, job_id: str) -> None:
         _run(["scancel", job_id], f"cancel Slurm job {job_id}")
 
-    def output(self, job_id: str) -> bytes:
-        with open(self.log_path, "rb") as f:
-            return f.read()
+    def output(self, job_id: str) -> tuple[bytes, int]:
+        return windowed_file(self.log_path)
 
     def output_tail(self, job_id: str, n: int) -> bytes:
         with open(self.log_path, "rb") as f:
