@@ -116,7 +116,9 @@ def script(launch: Launch, title: str) -> str:
         'relay_dir=$(mktemp -d) && mkfifo -m 600 "$relay_dir/out" || exit 125',
         # At most max_log_bytes reach the job's output: its first half, then the last half of the
         # rest (what lies between is dropped, as a local run's log keeps its head and tail).
-        f'{{ head -c {launch.max_log_bytes // 2}; tail -c {launch.max_log_bytes // 2}; }} <"$relay_dir/out" & relay=$!',
+        # (dd, not head -c, which holds back what it reads until it has them all.)
+        f"{{ dd iflag=count_bytes count={launch.max_log_bytes // 2} bs=65536 status=none; "
+        f'tail -c {launch.max_log_bytes // 2}; }} <"$relay_dir/out" & relay=$!',
         "setsid -w " + " ".join(words) + ' >"$relay_dir/out" 2>&1 </dev/null & eval_pid=$!',
         "wait $eval_pid; rc=$?",
         "kill -KILL -- -$eval_pid 2>/dev/null",
