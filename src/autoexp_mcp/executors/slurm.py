@@ -112,7 +112,10 @@ def parse(text: str) -> JobState:
     code, sig = (int(x) for x in (fields.get("ExitCode") or "0:0").split(":")[:2])
     rc = -sig if sig else code
     where = f" on {node}" if node else ""
+    # Whole seconds between two truncated time stamps: up to a second more than the run took.
+    # Less that second, it never counts more than the eval ran (no false timeout from it).
     ran = _seconds(fields.get("RunTime"))
+    ran = max(0.0, ran - 1) if ran is not None else None
     submit, start = _stamp(fields.get("SubmitTime")), _stamp(fields.get("StartTime"))
     waited = start - submit if submit is not None and start is not None and state not in PENDING else None
     if state in PENDING:
