@@ -7,18 +7,19 @@ follows the same job, a scheduler that is down, and two lanes sharing the cluste
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -389,31 +390,43 @@ STARTER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("id_recorded", [True, False], ids=["id-recorded", "killed-before-the-id-was-recorded"])
-def test_a_server_killed_mid_run_is_followed_by_one_that_attaches_to_the_same_job(
-    make_repo: MakeRepo, engine: str, id_recorded: bool
-) -> None:
-    repo = cluster_repo(make_repo, engine, value="1")
+def measured_then_committed(repo: Path, value: str) -> None:
+    """The baseline measured and logged, then `value` committed for the next server to run."""
     exp = Experiment(repo)
     try:
         assert exp.run_eval(WAIT_S).status == "done"
         exp.decide()
         exp.log_result()
-        exp.write_target(content="sleep 4 5\n")
-        exp.commit("slow five")
+        exp.write_target(content=value + "\n")
+        exp.commit(f"try {value}")
     finally:
         exp.close()
+
+
+@contextlib.contextmanager
+def a_server_to_kill(repo: Path) -> Iterator[tuple[str, str]]:
+    """A server in a process of its own that starts the eval: yields the run's id and its job's
+    once the job is submitted, and is killed with -9 on leaving."""
     env = {**os.environ, **GIT_ENV}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", STARTER, str(repo)], stdout=subprocess.PIPE, text=True, env=env, cwd=repo
-    )
-    try:
-        assert proc.stdout is not None
-        run_id, job_id = proc.stdout.readline().split()
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        proc.stdout.close()  # type: ignore[union-attr]
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            run_id, job_id = proc.stdout.readline().split()
+            yield run_id, job_id
+        finally:
+            proc.kill()
+
+
+@pytest.mark.parametrize("id_recorded", [True, False], ids=["id-recorded", "killed-before-the-id-was-recorded"])
+def test_a_server_killed_mid_run_is_followed_by_one_that_attaches_to_the_same_job(
+    make_repo: MakeRepo, engine: str, id_recorded: bool
+) -> None:
+    repo = cluster_repo(make_repo, engine, value="1")
+    measured_then_committed(repo, "sleep 4 5")
+    with a_server_to_kill(repo) as (run_id, job_id):
+        pass
     assert job_state(engine, job_id) in ("PENDING", "RUNNING", "CONFIGURING")
     if not id_recorded:  # as if killed between the submission and the write of its id: only the name is known
         st = load_state(repo)
@@ -438,27 +451,11 @@ def test_a_restart_does_not_reset_the_eval_clock(make_repo: MakeRepo, engine: st
     """Killed 4 s into a 9 s run with a 6 s timeout: the next server follows the job and still
     finds it past its timeout, so killing servers cannot buy an eval more time."""
     repo = cluster_repo(make_repo, engine, value="1", timeout=6)
-    exp = Experiment(repo)
-    try:
-        assert exp.run_eval(WAIT_S).status == "done"
-        exp.decide()
-        exp.log_result()
-        exp.write_target(content="sleep 9 5\n")
-        exp.commit("slow five")
-    finally:
-        exp.close()
-    env = {**os.environ, **GIT_ENV}
-    with subprocess.Popen(
-        [sys.executable, "-c", STARTER, str(repo)], stdout=subprocess.PIPE, text=True, env=env, cwd=repo
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            _, job_id = proc.stdout.readline().split()
-            log = repo / ".autoexp" / "runs" / "2.log"
-            until("the eval runs", lambda: log.exists() and "start" in log.read_text())
-            time.sleep(4)  # the eval's own time passing, which the test is about
-        finally:
-            proc.kill()
+    measured_then_committed(repo, "sleep 9 5")
+    with a_server_to_kill(repo) as (_, job_id):
+        log = repo / ".autoexp" / "runs" / "2.log"
+        until("the eval runs", lambda: log.exists() and "start" in log.read_text())
+        time.sleep(4)  # the eval's own time passing, which the test is about
     again = Experiment(repo)
     try:
         view = again.run_eval(WAIT_S)
