@@ -122,8 +122,10 @@ def script(launch: Launch, title: str) -> str:
         "setsid -w " + " ".join(words) + ' >"$relay_dir/out" 2>&1 </dev/null & eval_pid=$!',
         "wait $eval_pid; rc=$?",
         "kill -KILL -- -$eval_pid 2>/dev/null",
-        f"{{ sleep {RELAY_GRACE_S}; kill $relay; }} 2>/dev/null & guard=$!",
-        "wait $relay; kill $guard 2>/dev/null",
+        # (A guard that is the sleep itself, so no sleep outlives the script: the job ends when
+        # its last process does.)
+        f"sleep {RELAY_GRACE_S} & guard=$!",
+        "wait -n $relay $guard 2>/dev/null; kill $relay $guard 2>/dev/null",
         'rm -rf "$relay_dir"',
         "exit $rc",
     ]
