@@ -101,7 +101,6 @@ class Job:
         f = self.job_facts
         if f is None:
             return None
-        self.queue_wait_s.setdefault(f.job_id, f.queue_wait_s)
         self.queue_wait_s[f.job_id] = f.queue_wait_s
         return RemoteJob(
             executor=f.executor, job_id=f.job_id, node=f.node, queue_wait_s=round(sum(self.queue_wait_s.values()), 3)
@@ -359,6 +358,20 @@ class Evaluator:
         finally:
             job.waiting = False
 
+    def _start_or_attach(self, job: Job, plan: runs.RunPlan, label: str, commit: str) -> tuple[RunHandle, str]:
+        """The run labelled `label`: the scheduler's job an earlier server submitted for it, if
+        the scheduler knows it, else a new one (its name persisted before it is submitted)."""
+        ref = job.attach
+        if ref is not None and ref.get("label") == label:
+            job.attach = None
+            job_id = ref.get("job_id") or self.executor.find(ref["name"])
+            if job_id is not None:
+                return self.executor.attach(plan, job_id, ref["name"]), ref["name"]
+        name = executors.job_name(job.run_id, label)
+        if self.executor.name != "local":
+            self.submitted(label, name, None)
+        return self.executor.start(plan, name, commit), name
+
     def _run_in_slot(
         self,
         job: Job,
@@ -393,19 +406,7 @@ class Evaluator:
             holdout=holdout,
         )
         try:
-            proc: RunHandle | None = None
-            ref = job.attach
-            if ref is not None and ref.get("label") == log_name:  # an earlier server submitted this run
-                job.attach = None
-                name = ref["name"]
-                job_id = ref.get("job_id") or self.executor.find(name)
-                if job_id is not None:
-                    proc = self.executor.attach(plan, job_id, name)
-            if proc is None:
-                name = executors.job_name(job.run_id, log_name)
-                if self.executor.name != "local":
-                    self.submitted(log_name, name, None)
-                proc = self.executor.start(plan, name, task.commit)
+            proc, name = self._start_or_attach(job, plan, log_name, task.commit)
             job.current = proc
             job.current_hidden = holdout
             job.job_facts = executors.facts(proc)
