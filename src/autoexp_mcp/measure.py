@@ -8,13 +8,14 @@ is made with, so that an eval can later run somewhere else than this process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -347,14 +348,58 @@ class Evaluator:
         metric_cfgs: Sequence[MetricConfig],
         holdout: bool,
     ) -> tuple[RunOutcome, metrics.Extraction]:
-        if self.executor.name != "local":  # the scheduler queues and places runs, not this machine's slots
-            return self._run_in_slot(job, task, argv, log_name, repeat, timeout, metric_cfgs, holdout, {})
+        with self._slot(job) as slot_env:
+            plan = runs.RunPlan(
+                root=self.root,
+                cfg=task.cfg,
+                iso=self.iso,
+                argv=argv,
+                log_rel=f"{STATE_DIR}/runs/{log_name}",
+                env=runs.eval_env(
+                    task.cfg,
+                    run=job.run,
+                    repeat=repeat,
+                    experiment=task.experiment,
+                    commit=task.commit,
+                    pycache=runs.SANDBOX_PYCACHE,
+                )
+                | slot_env,
+                timeout=timeout,
+                run_id=job.run_id,
+                metric_cfgs=metric_cfgs,
+                git_dirs=self.hidden(),
+                holdout=holdout,
+            )
+            try:
+                proc, name = self._start_or_attach(job, plan, log_name, task.commit)
+                job.current = proc
+                job.current_hidden = holdout
+                job.job_facts = executors.facts(proc)
+                if job.job_facts is not None:
+                    self.submitted(log_name, name, job.job_facts)
+                proc.wait()
+                job.job_facts = executors.facts(proc)
+                out = proc.outcome
+                assert out is not None
+                if not holdout:
+                    job.last_tail = proc.tail(TAIL_BYTES)
+                return out, plan.extract(out)
+            finally:
+                plan.close()
+
+    @contextlib.contextmanager
+    def _slot(self, job: Job) -> Iterator[dict[str, str]]:
+        """This machine's eval slot for a local run, held while it runs (its environment: the
+        device it gets); none for a scheduler's job, which the scheduler places."""
+        if self.executor.name != "local":
+            yield {}
+            return
         job.waiting = True
         try:
             with self.slots.hold(lambda: job.cancelled) as slot:
                 job.waiting = False
                 job.slot, job.slot_wait_s = slot.name, round(job.slot_wait_s + slot.waited_s, 3)
-                return self._run_in_slot(job, task, argv, log_name, repeat, timeout, metric_cfgs, holdout, slot.env)
+                yield slot.env
         finally:
             job.waiting = False
 
@@ -371,53 +416,3 @@ class Evaluator:
         if self.executor.name != "local":
             self.submitted(label, name, None)
         return self.executor.start(plan, name, commit), name
-
-    def _run_in_slot(
-        self,
-        job: Job,
-        task: Task,
-        argv: Sequence[str],
-        log_name: str,
-        repeat: int,
-        timeout: float,
-        metric_cfgs: Sequence[MetricConfig],
-        holdout: bool,
-        slot_env: dict[str, str],
-    ) -> tuple[RunOutcome, metrics.Extraction]:
-        plan = runs.RunPlan(
-            root=self.root,
-            cfg=task.cfg,
-            iso=self.iso,
-            argv=argv,
-            log_rel=f"{STATE_DIR}/runs/{log_name}",
-            env=runs.eval_env(
-                task.cfg,
-                run=job.run,
-                repeat=repeat,
-                experiment=task.experiment,
-                commit=task.commit,
-                pycache=runs.SANDBOX_PYCACHE,
-            )
-            | slot_env,
-            timeout=timeout,
-            run_id=job.run_id,
-            metric_cfgs=metric_cfgs,
-            git_dirs=self.hidden(),
-            holdout=holdout,
-        )
-        try:
-            proc, name = self._start_or_attach(job, plan, log_name, task.commit)
-            job.current = proc
-            job.current_hidden = holdout
-            job.job_facts = executors.facts(proc)
-            if job.job_facts is not None:
-                self.submitted(log_name, name, job.job_facts)
-            proc.wait()
-            job.job_facts = executors.facts(proc)
-            out = proc.outcome
-            assert out is not None
-            if not holdout:
-                job.last_tail = proc.tail(TAIL_BYTES)
-            return out, plan.extract(out)
-        finally:
-            plan.close()

@@ -119,7 +119,9 @@ class RunPlan:
     _binds: dict[str, Path] = field(default_factory=dict)  # metric file -> server-owned copy bound at it
     _before: dict[str, tuple[int, int, int] | None] = field(default_factory=dict)
 
-    def _hidden(self) -> list[Path]:
+    def hidden(self) -> list[Path]:
+        """What the eval must not see: `.git`, `.autoexp/`, the ledger, the hold-out's files
+        (but in the hold-out run) and the key."""
         hidden = [*self.git_dirs, self.root / STATE_DIR, *(self.root / f for f in LEDGER_FILES)]
         hidden += (self.root / h for h in self.cfg.sandbox.hide)
         if not self.holdout:
@@ -168,7 +170,7 @@ class RunPlan:
                 keep=tuple(_needed_under_replaced(self.argv, env, (sandbox.PRIVATE_TMP, Path("/run")))),
                 root=self.root,
                 writable=writable,
-                hidden=tuple(self._hidden()),
+                hidden=tuple(self.hidden()),
                 files=tuple(files),
                 network=self.cfg.sandbox.network,
                 devices=self.cfg.sandbox.devices,
@@ -220,11 +222,6 @@ class RunPlan:
     def scratch(self) -> Path | None:
         """The run's scratch directory (removed by close()), once prepared."""
         return self._scratch
-
-    def hidden(self) -> list[Path]:
-        """What the eval must not see: `.git`, `.autoexp/`, the ledger, the hold-out's files
-        (but in the hold-out run) and the key."""
-        return self._hidden()
 
     def metric_files(self) -> dict[str, str | metrics.MetricFileError | None]:
         """Each metric file's text, read once now (right after the run, without following

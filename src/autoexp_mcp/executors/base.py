@@ -116,7 +116,6 @@ class RemoteRun:
         spec: RunSpec,
         *,
         poll_s: float,
-        submitted: float | None = None,
         channel: Path | None = None,
         attached: bool = False,
     ) -> None:
@@ -126,7 +125,7 @@ class RemoteRun:
         self.spec = spec
         self.poll_s = poll_s
         self.channel_path = channel
-        self._submitted = time.monotonic() if submitted is None else submitted
+        self._submitted = time.monotonic()
         self._started: float | None = None
         self._last_pending = self._submitted  # when the job was last seen waiting in the queue
         self._ran = 0.0  # how long the eval has run so far, as far as the looks tell

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import io
 import logging
-import os
 import shlex
 import shutil
 import tarfile
@@ -68,6 +67,17 @@ def _gist(message: str) -> str:
     return f"{lines[0].split(':')[0]}: {lines[-1]}" if "Traceback" in message and len(lines) > 1 else lines[0]
 
 
+def _ask(what: str, fn: Any, *args: Any) -> Any:
+    """`fn(*args)` of the Ray client; EvalError saying `what` failed, LookupError for an unknown job."""
+    try:
+        return fn(*args)
+    except Exception as e:  # the client raises RuntimeError, ConnectionError, requests errors
+        text = _gist(str(e)) or type(e).__name__
+        if "does not exist" in text or "not found" in text.lower():
+            raise LookupError(text) from None
+        raise EvalError(f"cannot {what}: {text}") from None
+
+
 class RayBackend:
     name = "ray"
 
@@ -75,18 +85,9 @@ class RayBackend:
         self.client = client
         self.log_path = log_path
 
-    def _ask(self, what: str, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except Exception as e:  # the client raises RuntimeError, ConnectionError, requests errors
-            text = _gist(str(e)) or type(e).__name__
-            if "does not exist" in text or "not found" in text.lower():
-                raise LookupError(text) from None
-            raise EvalError(f"cannot {what}: {text}") from None
-
     def look(self, job_id: str) -> JobState:
         try:
-            info = self._ask("ask Ray for the job's state", self.client.get_job_info, job_id)
+            info = _ask("ask Ray for the job's state", self.client.get_job_info, job_id)
         except LookupError:
             return JobState("unknown", detail="is not known to the Ray cluster (restarted, or the job was deleted)")
         status = str(getattr(info.status, "value", info.status))
@@ -112,11 +113,11 @@ class RayBackend:
 
     def cancel(self, job_id: str) -> None:
         with contextlib.suppress(LookupError):
-            self._ask(f"stop Ray job {job_id}", self.client.stop_job, job_id)
+            _ask(f"stop Ray job {job_id}", self.client.stop_job, job_id)
 
     def output(self, job_id: str) -> tuple[bytes, int]:
         try:
-            text = self._ask("read the Ray job's logs", self.client.get_job_logs, job_id)
+            text = _ask("read the Ray job's logs", self.client.get_job_logs, job_id)
         except LookupError as e:
             raise EvalError(str(e)) from None
         data = _eval_part(str(text).encode("utf-8", errors="replace"))
@@ -126,7 +127,7 @@ class RayBackend:
 
     def output_tail(self, job_id: str, n: int) -> bytes:
         try:
-            text = self._ask("read the Ray job's logs", self.client.get_job_logs, job_id)
+            text = _ask("read the Ray job's logs", self.client.get_job_logs, job_id)
         except LookupError:
             return b""
         return _eval_part(str(text).encode("utf-8", errors="replace"))[-n:]
@@ -188,9 +189,7 @@ class RayExecutor:
         return self._client
 
     def ready(self) -> None:
-        RayBackend(self.client(), Path(os.devnull))._ask(
-            f"reach the Ray cluster at {self.cfg.address}", self.client().get_version
-        )
+        _ask(f"reach the Ray cluster at {self.cfg.address}", self.client().get_version)
 
     def describe(self) -> str:
         res = [f"{k}={v}" for k, v in (("num_cpus", self.cfg.num_cpus), ("num_gpus", self.cfg.num_gpus)) if v]
@@ -231,19 +230,19 @@ class RayExecutor:
                 kwargs["entrypoint_num_gpus"] = self.cfg.num_gpus
             if self.cfg.entrypoint_resources:
                 kwargs["entrypoint_resources"] = dict(self.cfg.entrypoint_resources)
-            job_id = backend._ask("submit the eval to Ray", lambda: client.submit_job(**kwargs))
+            job_id = _ask("submit the eval to Ray", lambda: client.submit_job(**kwargs))
         finally:  # Ray has uploaded the snapshot by now: the node unpacks its own copy
             inner.close()
             shutil.rmtree(tmp, ignore_errors=True)
         return RemoteRun(backend, str(job_id), spec, poll_s=self.cfg.poll_seconds)
 
     def cancel(self, job_id: str) -> None:
-        with contextlib.suppress(EvalError):
-            RayBackend(self.client(), Path(os.devnull)).cancel(job_id)
+        with contextlib.suppress(EvalError), contextlib.suppress(LookupError):
+            _ask(f"stop Ray job {job_id}", self.client().stop_job, job_id)
 
     def find(self, name: str) -> str | None:
         try:
-            RayBackend(self.client(), Path(os.devnull))._ask("look the job up", self.client().get_job_info, name)
+            _ask("look the job up", self.client().get_job_info, name)
         except LookupError:
             return None
         return name
