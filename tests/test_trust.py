@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from autoexp_mcp import sandbox
-from autoexp_mcp.errors import DirtyTreeError, GuardError
+from autoexp_mcp.errors import ConfigError, DirtyTreeError, GuardError
 from autoexp_mcp.loop import Experiment
 from conftest import MakeRepo, baseline, baseline_and_close, first_eval, git, harness_config, play, server_env
 
@@ -245,6 +245,52 @@ def test_planted_bytecode_is_never_what_gets_measured(make_repo: MakeRepo, mode:
         exp.close()
     assert view.metrics == {"score": 3.0}
     assert not list(repo.rglob("*.pyc")) or mode == "none"  # the eval writes no bytecode in the repository
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bytecode_comes_from_where_no_eval_can_write(make_repo: MakeRepo, mode: str) -> None:
+    """In the sandbox the interpreter's own bytecode caches are used (no eval can write them), so
+    a Python eval starts as fast as by hand; without it every run reads bytecode only from an
+    empty directory of its own."""
+    harness = "import sys\nprint('prefix', sys.pycache_prefix)\nprint('score: 1')\n"
+    cfg = PYC_CONFIG.format(python=sys.executable, mode=mode).replace(" evaluate.py", " -S evaluate.py")
+    repo = make_repo(config=cfg, files={"train.py": "x = 1\n", "evaluate.py": harness})
+    exp = Experiment(repo)
+    try:
+        view = exp.run_eval(WAIT_S)
+        assert view.status == "done", view.reason
+        log = (repo / ".autoexp" / "runs").glob("*.log")
+        prefix = next(line for f in log for line in f.read_text().splitlines() if line.startswith("prefix"))
+    finally:
+        exp.close()
+    if mode == "bwrap":
+        assert prefix == "prefix None"
+    else:
+        planted = prefix.split(" ", 1)[1]
+        assert planted != "None" and not Path(planted).exists()  # the run's own, gone with the run
+
+
+@pytest.mark.parametrize("where", ["lib", "lib/"])
+def test_tracked_python_code_in_a_writable_dir_is_refused_before_anything_runs(make_repo: MakeRepo, where: str) -> None:
+    """A run could leave lib/__pycache__/helper.*.pyc (or helper.*.so, or helper/__init__.py)
+    for the next run's `import helper`: no check of the tracked files would see it."""
+    harness = "import sys\nsys.path.insert(0, 'lib')\nimport helper\nprint('score:', helper.VALUE)\n"
+    cfg = PYC_CONFIG.format(python=sys.executable, mode="auto") + f'writable = ["{where}"]\n'
+    repo = make_repo(
+        config=cfg, files={"train.py": "x = 1\n", "evaluate.py": harness, "lib/helper.py": "VALUE = 1\n"}
+    )
+    head = git(repo, "rev-parse", "HEAD")
+    with pytest.raises(ConfigError, match=r"writable holds tracked Python code \(lib/helper.py\).*Move the code"):
+        Experiment(repo)
+    assert git(repo, "rev-parse", "HEAD") == head and not (repo / "results.tsv").exists()
+    out = subprocess.run(
+        [sys.executable, "-m", "autoexp_mcp", "check", "--repo", str(repo)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode != 0 and "writable holds tracked Python code (lib/helper.py)" in out.stdout
+    # The target itself may live there (it is the agent's code anyway), as may output.
+    git(repo, "mv", "lib/helper.py", "helper.py")
+    git(repo, "commit", "-qm", "code out of the writable dir")
+    Experiment(repo).close()
 
 
 # --- spend figures ---------------------------------------------------------------------------

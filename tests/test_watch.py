@@ -439,3 +439,63 @@ def test_the_index_the_server_left_vouches_for_nothing_that_changes_it_later(mak
         exp.close()
     assert "score: 1000" not in (repo / "evaluate.py").read_text()
     assert "h" not in index_tags(repo), "the flag was cleared"
+
+
+class _Later:
+    """`time` as the watch reads it, two seconds ahead: every stat taken is out of the racy
+    window, so directory listings and file stats are remembered at once."""
+
+    @staticmethod
+    def time_ns() -> int:
+        import time
+
+        return time.time_ns() + 2_000_000_000
+
+
+@pytest.mark.parametrize("where", ["hooks/post-commit", "refs/tags/v9", "info/sparse-checkout", "refs/replace/x/y"])
+def test_a_control_file_added_after_its_directory_listing_was_remembered_is_found(
+    watched: tuple[Path, Git, HarnessWatch], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    from autoexp_mcp import watch as watch_module
+
+    repo, g, watch = watched
+    monkeypatch.setattr(watch_module, "time", _Later)
+    head = g.head()
+    assert watch.check(head, target="value.txt").problems == []
+    assert watch.check(head, target="value.txt").problems == []  # from the remembered listings
+    assert watch._listings, "the listings are remembered"
+    path = repo / ".git" / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + "\n")
+    problems = watch.check(head, target="value.txt").problems
+    assert len(problems) == 1 and where in problems[0] and problems[0].endswith(" added"), problems
+    assert not path.exists()
+    assert watch.check(head, target="value.txt").problems == []
+
+
+@pytest.mark.parametrize("filemode", [True, False])
+@pytest.mark.parametrize("executable", [False, True])
+def test_the_tree_of_the_servers_own_commit_is_what_git_lists(
+    watched: tuple[Path, Git, HarnessWatch], filemode: bool, executable: bool
+) -> None:
+    """The watch takes the tree of the server's own commit of the target from its parent's
+    listing, with the target's entry as git records it: exactly what `git ls-tree` says."""
+    from autoexp_mcp.tree import Tree
+    from autoexp_mcp.watch import _Tree
+
+    repo, g, watch = watched
+    git(repo, "config", "core.fileMode", str(filemode).lower())
+    watch = HarnessWatch(g, watch.protected, branch="main")  # the config as it now is, recorded
+    watch.snapshot()
+    tree = Tree(g, watch.protected, "main")
+    tree._watch = watch
+    head = g.head()
+    assert watch.check(head, target="value.txt").problems == []
+    path = repo / "value.txt"
+    path.write_text("3\n")
+    if executable:
+        path.chmod(0o755)
+    sha = tree.own_commit("value.txt", "a new value")
+    assert sha in watch._trees, "taken from the parent's listing"
+    assert watch._trees[sha] == _Tree.of(g.tree_entries(sha))
+    assert watch.check(sha, target="value.txt").problems == []

@@ -132,12 +132,15 @@ class Experiment:
             self.state = opening.open_state(self.git, self.full_cfg, self.ledger, from_commit)
             opening.adopt_user_commits(self.git, self.state, self.full_cfg, self._tag, self._save)
             opening.check_config_committed(self.git, self.state, self._config_bytes, self.full_cfg.experiment.branch)
+            code = preflight.writable_code_error(self.git, self.full_cfg, preflight.expected_head(self.state))
+            if code is not None:
+                raise code
             targets = {self.full_cfg.for_stage(i).experiment.target for i in range(max(1, len(self.full_cfg.stage)))}
             self.protected = guard.Protected(
                 self.root, self.cfg.experiment.protect, self.dir / "protect.json", exclude=sorted(targets)
             )
             self.protected.load_or_snapshot(under_way=self.state.runs > 0)
-            self.tree = Tree(self.git, self.protected, self.state.branch)
+            self.tree = Tree(self.git, self.protected, self.state.branch, sealed=self.iso.active)
             self._recover()
             digest = code_config_digest(self.git)
             if self.state.git_code_config != digest:

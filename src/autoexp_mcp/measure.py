@@ -361,7 +361,6 @@ class Evaluator:
                     repeat=repeat,
                     experiment=task.experiment,
                     commit=task.commit,
-                    pycache=runs.SANDBOX_PYCACHE,
                 )
                 | slot_env,
                 timeout=timeout,

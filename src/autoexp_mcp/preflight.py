@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import CONFIG_FILE, load_config
+from .config import CONFIG_FILE, Config, load_config
 from .errors import AutoexpError, ConfigError, DirtyTreeError, GitError, GuardError, LockError
 from .gitops import Git
 from .state import STATE_DIR, Phase, State, load_state
@@ -85,6 +85,29 @@ def expected_head(st: State) -> str:
     return st.start_commit
 
 
+def writable_code_error(git: Git, cfg: Config, commit: str) -> ConfigError | None:
+    """Tracked Python code (no stage's target) inside a writable dir of the sandbox, where an
+    eval could leave bytecode, an extension module or a package of the same name that the next
+    run imports instead: refused, since no check of the tracked files would see it."""
+    dirs = tuple(w.rstrip("/") + "/" for w in cfg.sandbox.writable)
+    if not dirs:
+        return None
+    targets = {cfg.for_stage(i).experiment.target for i in range(max(1, len(cfg.stage)))}
+    found = [
+        e.path
+        for e in git.tree_entries(commit)
+        if e.path.startswith(dirs) and e.path.endswith((".py", ".pyw")) and e.path not in targets
+    ]
+    if not found:
+        return None
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    return ConfigError(
+        f"[sandbox] writable holds tracked Python code ({shown}): an eval could leave bytecode, an extension "
+        "module or a package there that the next run imports instead of it. Move the code out of the writable "
+        "dir, or name a subdirectory that holds only output, commit, and start again."
+    )
+
+
 def problems(root: Path) -> list[AutoexpError]:
     """Every reason `serve --repo root` would refuse to start, without changing anything."""
     try:
@@ -116,6 +139,9 @@ def problems(root: Path) -> list[AutoexpError]:
     bad_config = config_error(git, commit, current, branch)
     if bad_config is not None and not (dirty is not None and CONFIG_FILE in str(dirty)):
         found.append(bad_config)
+    code = writable_code_error(git, cfg, commit)
+    if code is not None:
+        found.append(code)
     target = cfg.for_stage(st.stage if st is not None else 0).experiment.target
     if not git.is_tracked(target):
         found.append(GuardError(f"target {target} is not tracked by git. `git add {target}` and commit it first."))

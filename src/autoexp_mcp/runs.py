@@ -6,6 +6,13 @@ The target's own code runs inside the eval, so nothing the eval could have writt
 under bubblewrap the repository is read-only and `.git`, `.autoexp/`, the ledger, the hold-out
 files and the server's key are invisible; without it, metric files are read once, right after
 the run, without following symlinks, and only if this run wrote them.
+
+Python bytecode: no eval writes any. In the sandbox the eval can write only its private /tmp
+and the writable dirs, so the interpreter's own caches (and the repository's) are used as they
+are, and no tracked Python code may live in a writable dir, where a run could shadow it for the
+next one (a .pyc, a .so or a package of the same name). Without the sandbox the eval can write
+wherever the server can, so each run reads bytecode from an empty directory of its own only
+(every module it imports is compiled afresh: slower, but nothing planted is loaded).
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from .config import DEFAULT_ENV_ALLOWLIST, Config, MetricConfig, SandboxConfig
 from .errors import EvalError
 from .runner import EvalProcess, RunOutcome, RunSpec, build_env
 
-SANDBOX_PYCACHE = "/tmp/autoexp-pycache"  # inside the sandbox's private /tmp: empty for every run
 LEDGER_FILES = ("results.tsv", "experiments.jsonl")
 STATE_DIR = ".autoexp"
 
@@ -60,10 +66,10 @@ def isolation(cfg: SandboxConfig) -> Isolation:
     return Isolation(False, f"no sandbox: {avail.detail}")
 
 
-def eval_env(cfg: Config, *, run: int, repeat: int, experiment: int, commit: str, pycache: str) -> dict[str, str]:
+def eval_env(cfg: Config, *, run: int, repeat: int, experiment: int, commit: str) -> dict[str, str]:
     """The eval's environment, the same for the server's runs and `autoexp-mcp check`:
-    allowlisted variables, the run's identity, and Python bytecode kept out of the repository
-    (none written; none read from `__pycache__`, which the eval could have planted)."""
+    allowlisted variables, the run's identity, and no Python bytecode written (where none may
+    be read either, `RunPlan.prepare` adds an empty `PYTHONPYCACHEPREFIX`)."""
     extra = {
         "AUTOEXP_RUN": str(run),
         "AUTOEXP_REPEAT": str(repeat),
@@ -73,7 +79,6 @@ def eval_env(cfg: Config, *, run: int, repeat: int, experiment: int, commit: str
         "AUTOEXP_TAG": cfg.experiment.tag,
         "AUTOEXP_TARGET": cfg.experiment.target,
         "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONPYCACHEPREFIX": pycache,
     }
     return build_env([*DEFAULT_ENV_ALLOWLIST, *cfg.experiment.env], extra)
 

@@ -108,9 +108,11 @@ class HarnessWatch:
         self.protected = protected
         self.branch_ref = f"refs/heads/{branch}"
         self._dirs = {"common": git.common_dir, "worktree": git.git_dir}
-        self._head_file = git.git_dir / "HEAD"
-        self._control: dict[Path, _Control] | None = None
-        self._control_stats: dict[Path, StatKey] = {}
+        self._head_file = str(git.git_dir / "HEAD")
+        # Control files by path string (a Path per file per check costs more than its lstat).
+        self._control: dict[str, _Control] | None = None
+        self._control_stats: dict[str, StatKey] = {}
+        self._listings: dict[str, tuple[StatKey, list[str], list[str]]] = {}  # dir -> its stat, files, subdirs
         self._dir_ids: dict[Path, tuple[int, int]] = {}
         self._trees: dict[str, _Tree] = {}
         self._seen: dict[str, _Seen] = {}
@@ -140,20 +142,47 @@ class HarnessWatch:
             h.update(b"\0")
         return h.hexdigest()
 
-    def _watched_files(self) -> Iterator[Path]:
-        common, wt = self._dirs["common"], self._dirs["worktree"]
+    def _watched_files(self) -> Iterator[str]:
+        common, wt = f"{self._dirs['common']}{os.sep}", f"{self._dirs['worktree']}{os.sep}"
         for name in _COMMON_FILES:
-            yield common / name
+            yield common + name
         for name in _WORKTREE_FILES:
-            yield wt / name
-        own = common / self.branch_ref
+            yield wt + name
+        own = common + self.branch_ref
+        skip = tuple(common + x for x in (*_MAINTENANCE, _LANE_REFS))
         for sub in _CONTROL_DIRS:
-            for path in _walk(common / sub):
-                rel = path.relative_to(common).as_posix()
-                if path != own and not rel.startswith(_MAINTENANCE) and not rel.startswith(_LANE_REFS):
+            for path in self._walk(common + sub):
+                if path != own and not path.startswith(skip):
                     yield path
 
-    def _read_control(self) -> Iterator[tuple[Path, _Control]]:
+    def _walk(self, top: str) -> Iterator[str]:
+        """Every non-directory under `top` (and `top` itself if it is not a real directory),
+        never following a symlink. A directory's listing is read again only when its stat
+        changed (adding, removing or renaming an entry changes it; a stat within the racy
+        window is not remembered)."""
+        try:
+            st = os.lstat(top)
+        except OSError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            yield top
+            return
+        key = _stat_key(st)
+        cached = self._listings.get(top)
+        if cached is not None and cached[0] == key:
+            files, dirs = cached[1], cached[2]
+        else:
+            with os.scandir(top) as it:
+                entries = list(it)
+            files = [e.path for e in entries if not e.is_dir(follow_symlinks=False)]
+            dirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+            if time.time_ns() - st.st_ctime_ns > _RACY_NS:
+                self._listings[top] = (key, files, dirs)
+        yield from files
+        for d in dirs:
+            yield from self._walk(d)
+
+    def _read_control(self) -> Iterator[tuple[str, _Control]]:
         for path in self._watched_files():
             value = _read_entry(path)
             if path == self._head_file and isinstance(value, bytes) and not value.startswith(b"ref: "):
@@ -168,7 +197,7 @@ class HarnessWatch:
         problems = [f"{self._shown(d)} was replaced" for d, ident in self._dir_ids.items() if _dir_id(d) != ident]
         if problems:
             return [p + " (the server cannot put a git directory back: restore it by hand)" for p in problems]
-        current: dict[Path, _Control] = {}
+        current: dict[str, _Control] = {}
         for path in self._watched_files():
             try:
                 key = _stat_key(os.lstat(path))
@@ -185,12 +214,12 @@ class HarnessWatch:
             before, now = recorded.get(path), current.get(path)
             if before == now or (path == self._head_file and path not in recorded):
                 continue
-            if path.name == "packed-refs" and self._packed(before) == self._packed(now):
+            if os.path.basename(path) == "packed-refs" and self._packed(before) == self._packed(now):
                 continue
             what = "added" if before is None else "removed" if now is None else "changed"
-            problems.append(f"{self._described(path)} {what}")
+            problems.append(f"{self._described(Path(path))} {what}")
             if restore:
-                self._put_back(path, before)
+                self._put_back(Path(path), before)
                 self._control_stats.pop(path, None)
         return problems
 
@@ -201,7 +230,7 @@ class HarnessWatch:
         lines = value[:-1].decode(errors="replace").splitlines()
         return {ln for ln in lines if not ln.endswith(" " + self.branch_ref) and f" {_LANE_REFS}" not in ln}
 
-    def _shown(self, path: Path) -> str:
+    def _shown(self, path: Path | str) -> str:
         return os.path.relpath(path, self.root)
 
     def _described(self, path: Path) -> str:
@@ -295,6 +324,25 @@ class HarnessWatch:
                 self._trees.pop(next(iter(self._trees)))
             self._trees[commit] = tree
         return tree
+
+    def committed(self, parent: str, commit: str, target: str) -> None:
+        """The server's own `git commit --only target` just made `commit` on `parent` (under the
+        lock, no eval alive): its tree is the parent's with the target as git records the file
+        now, so it need not be listed again. An unknown parent leaves it to be listed."""
+        tree = self._trees.get(parent)
+        old = tree.files.get(target) if tree is not None else None
+        try:
+            have = self._working(target, os.lstat(f"{self.root}{os.sep}{target}"))
+        except OSError:
+            have = None
+        if tree is None or old is None or have is None:
+            return
+        # With core.fileMode=false git keeps the recorded exec bit; so does the comparison.
+        mode = old.mode if self._same_mode(have[0], old.mode) else have[0]
+        files = {**tree.files, target: TreeEntry(mode, "blob", have[1], target)}
+        if len(self._trees) >= _TREES_CACHED:
+            self._trees.pop(next(iter(self._trees)))
+        self._trees[commit] = _Tree(files, tree.dirs)
 
     def _file_mode(self) -> bool:
         if self._filemode is None:
@@ -410,26 +458,6 @@ def _dir_id(path: Path) -> tuple[int, int]:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else (0, 0)
 
 
-def _walk(top: Path) -> Iterator[Path]:
-    """Every non-directory under `top` (and `top` itself if it is not a real directory),
-    never following a symlink."""
-    try:
-        st = os.lstat(top)
-    except OSError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        yield top
-        return
-    with os.scandir(top) as it:
-        entries = list(it)
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(path)
-        else:
-            yield path
-
-
 # What git reads that can make it run code (filters, textconv, include of another file) in the
 # commands a restarting server runs before it watches anything: compared with the digest the
 # last server recorded in its authenticated state.
@@ -447,7 +475,7 @@ def code_config_digest(git: Git) -> str:
     return h.hexdigest()
 
 
-def _read_entry(path: Path) -> _Control:
+def _read_entry(path: Path | str) -> _Control:
     try:
         st = os.lstat(path)
     except OSError:
@@ -457,7 +485,8 @@ def _read_entry(path: Path) -> _Control:
     if not stat.S_ISREG(st.st_mode):
         return f"special:{stat.S_IFMT(st.st_mode)}"
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError:
         return "unreadable"
     return data + (b"x" if st.st_mode & stat.S_IXUSR else b"-")
