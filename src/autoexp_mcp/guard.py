@@ -99,9 +99,9 @@ def apply_edits(text: str, edits: Sequence[tuple[str, str]]) -> str:
     return text
 
 
-def atomic_write_file(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Replace `path` with `data` via a temp file, fsync and rename; keeps the file's mode
-    (or uses `mode`, or 0o644 for a new file)."""
+def atomic_write_file(path: Path, data: bytes, mode: int | None = None, *, durable: bool = True) -> None:
+    """Replace `path` with `data` via a temp file, fsync (unless not `durable`) and rename; keeps
+    the file's mode (or uses `mode`, or 0o644 for a new file)."""
     if mode is None:
         mode = stat.S_IMODE(os.lstat(path).st_mode) if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.autoexp-", dir=path.parent)
@@ -109,7 +109,8 @@ def atomic_write_file(path: Path, data: bytes, mode: int | None = None) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

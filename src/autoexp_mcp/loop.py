@@ -120,7 +120,7 @@ class Experiment:
                 iso=self.iso,
                 slots=self.slots,
                 lock=self._lock,
-                integrity=self._integrity,
+                integrity=lambda commit, before_run: self._integrity(commit, before_run=before_run),
                 restore_target=self._target_rewritten,
                 hidden=lambda: [*self._git_dirs, *self.hidden_extra()],
                 executor=executors.make(self.full_cfg.executor),
@@ -296,11 +296,16 @@ class Experiment:
     def _target_path(self) -> Path:
         return self.tree.target_path(self.cfg.experiment.target)
 
-    def _integrity(self, expected_head: str, *, restore: bool = True, seen: list[str] | None = None) -> list[str]:
+    def _integrity(
+        self, expected_head: str, *, restore: bool = True, seen: list[str] | None = None, before_run: bool = False
+    ) -> list[str]:
         """What differs from `expected_head` but the target (tree.py); restored unless `restore`
-        is false, and `seen` gets the target when it differs from the commit."""
+        is false, and `seen` gets the target when it differs from the commit. `before_run`: the
+        check before an eval run, which may rely on a verification since the last run."""
         target = self.cfg.experiment.target
-        return self.tree.problems(expected_head, target, self.state.harness, restore=restore, seen=seen)
+        return self.tree.problems(
+            expected_head, target, self.state.harness, restore=restore, seen=seen, before_run=before_run
+        )
 
     def _check_integrity(self, expected_head: str, when: str) -> list[str]:
         """Refuse (after restoring tracked files) if anything but the target changed; returns
@@ -346,7 +351,7 @@ class Experiment:
             current = guard.read_text(path, limit)
             new = content if content is not None else guard.apply_edits(current, edits or [])
             data = guard.check_content(new, limit)
-            guard.atomic_write_file(path, data)
+            guard.atomic_write_file(path, data, durable=False)  # a lost edit is found and put back
             st = self.state
             if st.phase == Phase.IDLE:
                 assert st.incumbent is not None
@@ -362,7 +367,11 @@ class Experiment:
                 next="commit",
             )
 
-    def commit(self, description: str) -> CommitResult:
+    def commit(self, description: str, *, run_next: bool = False) -> CommitResult:
+        """Commit the edited target. `run_next`: its run starts next under the same lock (the
+        one-call experiment), which saves the state (a stop in between finds the phase EDITED
+        with the commit made, which a restart turns back into the uncommitted edit) and whose
+        pre-run check is the commit's own."""
         with self._lock:
             self._require("commit")
             desc = ledger.clean_text(description, MAX_DESCRIPTION)
@@ -381,13 +390,14 @@ class Experiment:
                 )
             # Bytes as committed: no newline translation (a CRLF target stays CRLF in the cache).
             text = path.read_bytes().decode("utf-8", errors="replace")
-            sha = self.tree.own_commit(target, f"autoexp #{p.experiment}: {desc}")
+            sha = self.tree.own_commit(target, f"autoexp #{p.experiment}: {desc}", run_next=run_next)
             self.tree.remember(sha, target, text)
             p.commit = sha
             p.description = desc
             p.diff_lines = _diff_lines(self._text_at(p.parent), text)
             st.phase = Phase.COMMITTED
-            self._save(durable=False)
+            if not run_next:
+                self._save(durable=False)
             return CommitResult(
                 commit=self._short(sha),
                 description=desc,
@@ -711,7 +721,10 @@ class Experiment:
             assert p is not None
             p.result = result
             self.state.phase = Phase.EVALUATED
-            self._save(durable=False)
+            if p.auto is None or self.on_run_end is None:
+                # Else the one-call hook decides at once and saves the decision with the result
+                # (a stop in the moment between finds the run interrupted, as one cut short).
+                self._save(durable=False)
 
 
 def _diff_lines(a: str, b: str) -> int:

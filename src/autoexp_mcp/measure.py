@@ -150,8 +150,8 @@ def incumbent_values(
 
 
 class Evaluator:
-    """Runs a lane's evals. `integrity(commit)` lists what differs from `commit` but the target
-    (called under `lock`); `restore_target(commit)` puts the target back at its version in
+    """Runs a lane's evals. `integrity(commit, before_run)` lists what differs from `commit` but
+    the target (called under `lock`; `before_run` may skip what was verified since the last run); `restore_target(commit)` puts the target back at its version in
     `commit` and says whether it had to; `hidden()` lists the paths the eval must not see."""
 
     def __init__(
@@ -161,7 +161,7 @@ class Evaluator:
         iso: runs.Isolation,
         slots: SlotPool,
         lock: threading.RLock,
-        integrity: Callable[[str], list[str]],
+        integrity: Callable[[str, bool], list[str]],
         restore_target: Callable[[str], bool],
         hidden: Callable[[], list[Path]],
         executor: Executor | None = None,
@@ -278,7 +278,7 @@ class Evaluator:
             if job.cancelled:
                 return EvalResult(status="crash", reason="cancelled")
             with self.lock:
-                bad = self.integrity(commit)
+                bad = self.integrity(commit, True)
             if bad:
                 return EvalResult(status="crash", reason="harness changed before the run: " + ", ".join(bad[:10]))
             name = f"{label}.log" if repeats == 1 else f"{label}-{k + 1}.log"
@@ -303,7 +303,7 @@ class Evaluator:
                 return EvalResult.model_validate({"status": status, "reason": reason, **facts})
 
             with self.lock:
-                bad = self.integrity(commit)
+                bad = self.integrity(commit, False)
                 if self.restore_target(target_from or commit):
                     bad.append(f"{task.cfg.experiment.target} (the eval rewrote the target; restored)")
             if bad:

@@ -97,7 +97,7 @@ class OneCall:
         assert st.pending is not None
         st.pending.auto = AutoLog(notes=req.notes, tokens_used=req.tokens_used, cost_usd=req.cost_usd)
         try:
-            exp.commit(req.description)  # saves the mark with the commit
+            exp.commit(req.description, run_next=True)  # saved with the run's start, next
         except AutoexpError as e:
             exp.abandon_edit()
             raise GuardError(f"{e} Nothing was committed: the target is back at the incumbent's version.") from None

@@ -143,14 +143,13 @@ class RunPlan:
     def prepare(self, scratch_at: Path | None = None) -> RunSpec:
         """Everything the run needs, made ready: the sandbox's command line, the metric file
         binds and the fresh log file. `scratch_at` names the run's scratch directory, made new
-        (default: a fresh one in the system's temp dir; a job on another node needs it on a
-        shared file system, where a restarted server finds it again by the job's name)."""
+        (default: a fresh one in the system's temp dir, made only when the run needs one; a job
+        on another node needs it on a shared file system, where a restarted server finds it
+        again by the job's name)."""
         if scratch_at is not None:
             scratch_at.parent.mkdir(parents=True, exist_ok=True)
             scratch_at.mkdir(mode=0o700)
             self._scratch = scratch_at
-        else:
-            self._scratch = Path(tempfile.mkdtemp(prefix="autoexp-run-"))
         env = dict(self.env)
         argv: Sequence[str] = self.argv
         _check_command(self.argv, self.root, env.get("PATH"))
@@ -164,7 +163,7 @@ class RunPlan:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.root / rel)  # whatever is there after the run, this run wrote
                     continue
-                copy = self._scratch / f"metric-{len(files)}"
+                copy = self._scratch_dir() / f"metric-{len(files)}"
                 copy.touch(mode=0o600)
                 dest = self.root / rel
                 if not dest.exists():
@@ -184,7 +183,7 @@ class RunPlan:
             sandbox.prepare(plan)
             argv = sandbox.wrap(plan, list(self.argv))
         else:
-            pycache = self._scratch / "pycache"
+            pycache = self._scratch_dir() / "pycache"
             pycache.mkdir()
             env["PYTHONPYCACHEPREFIX"] = str(pycache)
             self._before = {rel: _stat_sig(self.root / rel) for rel in self._metric_files()}
@@ -222,6 +221,11 @@ class RunPlan:
             run_id=self.run_id,
             metric_channel=any(m.channel == "fd" for m in self.metric_cfgs),
         )
+
+    def _scratch_dir(self) -> Path:
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="autoexp-run-"))
+        return self._scratch
 
     @property
     def scratch(self) -> Path | None:
@@ -277,13 +281,15 @@ def _needed_under_replaced(argv: Sequence[str], env: Mapping[str, str], replaced
     exe = shutil.which(argv[0], path=env.get("PATH")) if argv else None
     if exe:
         words += [os.path.dirname(os.path.abspath(exe)), os.path.dirname(os.path.realpath(exe))]
+    dirs = [str(d) for d in replaced]
     found: list[Path] = []
     for w in words:
         if not w or not os.path.isabs(w):
             continue
-        p = Path(os.path.normpath(w))
-        if p in replaced or not any(p.is_relative_to(d) for d in replaced):
+        w = os.path.normpath(w)  # plain strings: this runs before every run
+        if w in dirs or not any(w.startswith(d + os.sep) for d in dirs):
             continue
+        p = Path(w)
         venv = next((q for q in (p, *list(p.parents)[:2]) if (q / "pyvenv.cfg").is_file()), p)
         if venv not in replaced and venv not in found:
             found.append(venv)

@@ -185,12 +185,17 @@ def _devices(patterns: Sequence[str]) -> list[str]:
     return args
 
 
-def _hide(root: Path, hidden: Sequence[Path]) -> list[str]:
+def _hide(root: Path, hidden: Sequence[Path], bound: Sequence[Path]) -> list[str]:
+    """Mounts that hide each of `hidden`, but those already out of sight: under a replaced
+    tree (/tmp, /run) with nothing of theirs `bound` into the sandbox again."""
     args: list[str] = []
     for h in hidden:
         path = _abs(h, "hidden path")
         if root.is_relative_to(path):
             raise SandboxError(f"the sandbox cannot hide {path}: it holds the repository {root}.")
+        gone = any(path.is_relative_to(d) for d in REPLACED)
+        if gone and not any(path.is_relative_to(b) or b.is_relative_to(path) for b in bound):
+            continue
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:
@@ -213,12 +218,15 @@ def wrap(plan: Plan, argv: Sequence[str], bwrap: str = "bwrap") -> list[str]:
     args = [exe, *_namespaces(plan.network), *_system(plan.network), "--dir", home]
     for c in plan.cover:
         args += ["--tmpfs", str(_abs(c, "covered dir"))]
+    bound: list[Path] = []  # what is bound again under the replaced trees
     if plan.bind_root or plan.cover or any(root.is_relative_to(d) for d in REPLACED):
         args += ["--ro-bind", str(root), str(root)]
+        bound.append(root)
     for k in plan.keep:
         path = _abs(k, "kept path")
         if path not in REPLACED and any(path.is_relative_to(d) for d in REPLACED) and path.exists():
             args += ["--ro-bind", str(path), str(path)]
+            bound.append(path)
     args += _devices(plan.devices)
     for w in plan.writable:
         path = _beneath(root, w, "writable dir")
@@ -236,7 +244,7 @@ def wrap(plan: Plan, argv: Sequence[str], bwrap: str = "bwrap") -> list[str]:
                 "point; call sandbox.prepare(plan) first."
             )
         args += ["--bind", str(source), str(path)]
-    args += _hide(root, plan.hidden)
+    args += _hide(root, plan.hidden, bound)
     args += ["--setenv", "HOME", home, "--setenv", "TMPDIR", str(PRIVATE_TMP), "--chdir", str(root)]
     return [*args, "--", *argv]
 

@@ -66,8 +66,10 @@ class SlotPool:
         except BlockingIOError:
             os.close(fd)
             return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        mine = f"{os.getpid()}\n".encode()
+        if os.pread(fd, 64, 0) != mine:  # the holder's pid, for people; rewritten only when it changes
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, mine, 0)
         return fd
 
     @contextlib.contextmanager

@@ -27,6 +27,10 @@ class Tree:
         self._texts: dict[str, str] = {}
         self._watch: HarnessWatch | None = None  # made at the first check, before any eval of this server
         self._harness_ok: set[tuple[str, str]] = set()  # (commit, harness) pairs whose tree was verified
+        self._clean: str | None = None  # the commit the last check found everything as in
+        # The commit whose run starts next, made on a tree just found clean (the one-call
+        # experiment): its pre-run check is that check.
+        self._verified: str | None = None
 
     def target_path(self, target: str) -> Path:
         return guard.resolve_target(self.git.root, target)
@@ -55,11 +59,16 @@ class Tree:
         guard.atomic_write_file(path, want)
         return True
 
-    def own_commit(self, target: str, message: str) -> str:
-        """Commit the target (the server's own git operation, under the lock)."""
+    def own_commit(self, target: str, message: str, *, run_next: bool = False) -> str:
+        """Commit the target (the server's own git operation, under the lock). `run_next`: its
+        eval run starts next under the same lock, so the check just made stands for the run's."""
         before = self._watch.index_vouched() if self._watch is not None else None
         parent = self.git.head()
+        clean = self._clean == parent
+        self._clean = self._verified = None
         sha = self.git.commit_file(target, message)
+        if clean and run_next:
+            self._verified = sha
         if self._watch is not None:
             self._watch.vouch_index(before, sha)
             self._watch.committed(parent, sha, target)
@@ -72,6 +81,7 @@ class Tree:
     def own_reset(self, commit: str) -> None:
         """Reset to `commit` (the server's own revert, under the lock)."""
         before = self._watch.index_vouched() if self._watch is not None else None
+        self._clean = self._verified = None
         self.git.reset_hard(commit)
         if self._watch is not None:
             self._watch.vouch_index(before, commit)
@@ -84,12 +94,20 @@ class Tree:
         *,
         restore: bool = True,
         seen: list[str] | None = None,
+        before_run: bool = False,
     ) -> list[str]:
         """What differs from `expected_head` but the target: tracked files (by bytes), git's
         index, .git's control files, changed protected data (`protect` globs, which also catch
         new untracked files that match them). With `restore` all but protected data is put back
         (watch.py). `seen` gets the target when it differs from the commit. `harness` is the
-        harness recorded when the stage started, if any."""
+        harness recorded when the stage started, if any.
+
+        `before_run`: the check just before an eval run, skipped for the run of a commit made
+        with `run_next` (the commit's own check, a moment before under the same lock). The
+        check after the run compares everything with the commit all the same."""
+        vouched, self._verified, self._clean = self._verified, None, None
+        if before_run and seen is None and vouched == expected_head:
+            return []
         if self._watch is None:
             self._watch = HarnessWatch(self.git, self.protected, branch=self.branch)
         result = self._watch.check(expected_head, target=target, restore=restore)
@@ -106,6 +124,8 @@ class Tree:
                     f"commit {expected_head[:12]} does not hold the harness recorded when the experiment "
                     "started (objects in .git were rewritten); restore .git from a backup or start a new tag"
                 )
+        if not bad and restore:
+            self._clean = expected_head
         return bad
 
 
