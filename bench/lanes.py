@@ -55,8 +55,10 @@ def drive(repo: Path, tag: str, experiments: int, errors: list[BaseException]) -
 
 def rate(base: Path, lanes: int, experiments: int, eval_s: float) -> float:
     """Experiments per minute of `lanes` lanes, each running `experiments` experiments."""
-    repo = make_repo(base / f"repo{lanes}", {"v.txt": "0\n", "evaluate.py": HARNESS.format(sleep=eval_s),
-                                              "autoexp.toml": config(lanes)})
+    repo = make_repo(
+        base / f"repo{lanes}",
+        {"v.txt": "0\n", "evaluate.py": HARNESS.format(sleep=eval_s), "autoexp.toml": config(lanes)},
+    )
     errors: list[BaseException] = []
     threads = [threading.Thread(target=drive, args=(repo, f"l{i}", experiments, errors)) for i in range(lanes)]
     start = time.monotonic()

@@ -276,9 +276,7 @@ def test_tracked_python_code_in_a_writable_dir_is_refused_before_anything_runs(m
     for the next run's `import helper`: no check of the tracked files would see it."""
     harness = "import sys\nsys.path.insert(0, 'lib')\nimport helper\nprint('score:', helper.VALUE)\n"
     cfg = PYC_CONFIG.format(python=sys.executable, mode="auto") + f'writable = ["{where}"]\n'
-    repo = make_repo(
-        config=cfg, files={"train.py": "x = 1\n", "evaluate.py": harness, "lib/helper.py": "VALUE = 1\n"}
-    )
+    repo = make_repo(config=cfg, files={"train.py": "x = 1\n", "evaluate.py": harness, "lib/helper.py": "VALUE = 1\n"})
     head = git(repo, "rev-parse", "HEAD")
     with pytest.raises(ConfigError, match=r"writable holds tracked Python code \(lib/helper.py\).*Move the code"):
         Experiment(repo)

@@ -284,9 +284,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             argv=exp.argv,
             log_rel="check.log",
             log_root=Path(tmp),
-            env=runs.eval_env(
-                cfg, run=0, repeat=0, experiment=0, commit=_head_or(repo, "")
-            ),
+            env=runs.eval_env(cfg, run=0, repeat=0, experiment=0, commit=_head_or(repo, "")),
             timeout=exp.timeout,
             run_id=f"check-{uuid.uuid4().hex[:8]}",
             metric_cfgs=cfg.metric,

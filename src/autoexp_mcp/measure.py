@@ -151,8 +151,9 @@ def incumbent_values(
 
 class Evaluator:
     """Runs a lane's evals. `integrity(commit, before_run)` lists what differs from `commit` but
-    the target (called under `lock`; `before_run` may skip what was verified since the last run); `restore_target(commit)` puts the target back at its version in
-    `commit` and says whether it had to; `hidden()` lists the paths the eval must not see."""
+    the target (called under `lock`; `before_run`: the check before a run, which may rely on the
+    commit's own); `restore_target(commit)` puts the target back at its version in `commit` and
+    says whether it had to; `hidden()` lists the paths the eval must not see."""
 
     def __init__(
         self,

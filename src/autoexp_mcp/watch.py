@@ -317,12 +317,12 @@ class HarnessWatch:
     # --- tracked files ---------------------------------------------------------------------
 
     def _tree(self, commit: str) -> _Tree:
-        tree = self._trees.get(commit)
+        tree = self._trees.pop(commit, None)  # back in as the most recently used (the incumbent stays)
         if tree is None:
             tree = _Tree.of(self.git.tree_entries(commit))
             if len(self._trees) >= _TREES_CACHED:
                 self._trees.pop(next(iter(self._trees)))
-            self._trees[commit] = tree
+        self._trees[commit] = tree
         return tree
 
     def committed(self, parent: str, commit: str, target: str) -> None:
