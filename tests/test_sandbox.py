@@ -210,6 +210,32 @@ def test_repository_is_read_only_except_writable_dirs_and_metric_files(
 
 
 @needs_bwrap
+def test_a_hidden_path_under_the_private_tmp_is_mounted_over_only_where_it_is_bound_again(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The sandbox's /tmp is a fresh tmpfs: a hidden path there is out of sight without a mount
+    of its own, unless something around it is bound again (a virtualenv kept from /tmp)."""
+    gone = tmp_path / "key-dir"
+    gone.mkdir()
+    (gone / "key").write_text("server secret")
+    kept = tmp_path / "venv"
+    (kept / "secrets").mkdir(parents=True)
+    (kept / "secrets" / "token").write_text("server secret")
+    plan = Plan(root=repo, keep=(kept,), hidden=(gone, kept / "secrets"))
+    argv = sandbox.wrap(plan, ["true"])
+    assert str(gone) not in argv and str(kept / "secrets") in argv
+    got = ops(
+        plan,
+        ("read", str(gone / "key")),
+        ("list", str(kept / "secrets")),
+        ("read", str(kept / "secrets" / "token")),
+        ("list", str(kept)),
+    )
+    assert got[0] == "error:FileNotFoundError" and got[1] == "ok:" and got[2] == "error:FileNotFoundError"
+    assert got[3] == "ok:secrets"
+
+
+@needs_bwrap
 def test_hidden_paths_are_invisible_inside_and_outside_the_repository(
     repo: Path, outside: Path, tmp_path: Path
 ) -> None:

@@ -227,7 +227,9 @@ def wrap(plan: Plan, argv: Sequence[str], bwrap: str = "bwrap") -> list[str]:
         if path not in REPLACED and any(path.is_relative_to(d) for d in REPLACED) and path.exists():
             args += ["--ro-bind", str(path), str(path)]
             bound.append(path)
-    args += _devices(plan.devices)
+    devices = _devices(plan.devices)
+    args += devices
+    bound += (Path(d) for d in devices[2::3])  # the paths of each --dev-bind SRC DEST
     for w in plan.writable:
         path = _beneath(root, w, "writable dir")
         if not path.is_dir():
