@@ -406,15 +406,16 @@ class Experiment:
                 next="run_eval",
             )
 
-    def start_eval(self) -> _Job | None:
+    def start_eval(self, *, ready: bool = False) -> _Job | None:
         """Start the eval for the pending commit (or the baseline), or return the running job.
-        Returns None when the result is already in (phase EVALUATED)."""
+        Returns None when the result is already in (phase EVALUATED). `ready`: the caller has
+        just asked the executor whether it can take a run (under the same lock)."""
         with self._lock:
             self._require("run_eval")
             st = self.state
             if st.phase == Phase.EVALUATED:
                 return None
-            if self._job is None or self._job.done.is_set():
+            if not ready and (self._job is None or self._job.done.is_set()):
                 self.evaluator.executor.ready()  # a scheduler that is down: say so and spend nothing
             if st.phase == Phase.IDLE:  # the baseline
                 self._require_budget()

@@ -84,7 +84,7 @@ class OneCall:
             content = self._checked(req, baseline)
             self.last = None
             if baseline:
-                job = exp.start_eval()
+                job = exp.start_eval(ready=True)
                 assert job is not None and st.pending is not None
                 st.pending.auto = AutoLog()  # saved when the run's result is
                 return Step(job, baseline=True)
@@ -101,7 +101,7 @@ class OneCall:
         except AutoexpError as e:
             exp.abandon_edit()
             raise GuardError(f"{e} Nothing was committed: the target is back at the incumbent's version.") from None
-        job = exp.start_eval()
+        job = exp.start_eval(ready=True)  # begin() asked the executor, under the same lock
         assert job is not None
         return job
 
