@@ -278,17 +278,94 @@ def test_tracked_python_code_in_a_writable_dir_is_refused_before_anything_runs(m
     cfg = PYC_CONFIG.format(python=sys.executable, mode="auto") + f'writable = ["{where}"]\n'
     repo = make_repo(config=cfg, files={"train.py": "x = 1\n", "evaluate.py": harness, "lib/helper.py": "VALUE = 1\n"})
     head = git(repo, "rev-parse", "HEAD")
-    with pytest.raises(ConfigError, match=r"writable holds tracked Python code \(lib/helper.py\).*Move the code"):
+    with pytest.raises(ConfigError, match=r"writable holds Python code \(lib/helper.py\).*Move the code"):
         Experiment(repo)
     assert git(repo, "rev-parse", "HEAD") == head and not (repo / "results.tsv").exists()
     out = subprocess.run(
         [sys.executable, "-m", "autoexp_mcp", "check", "--repo", str(repo)], capture_output=True, text=True, timeout=60
     )
-    assert out.returncode != 0 and "writable holds tracked Python code (lib/helper.py)" in out.stdout
-    # The target itself may live there (it is the agent's code anyway), as may output.
+    assert out.returncode != 0 and "writable holds Python code (lib/helper.py)" in out.stdout
     git(repo, "mv", "lib/helper.py", "helper.py")
     git(repo, "commit", "-qm", "code out of the writable dir")
     Experiment(repo).close()
+
+
+SHADOW_HARNESS = textwrap.dedent(
+    """\
+    import subprocess, sys
+    import data  # the harness's own tracked module: data.py
+    out = subprocess.run([sys.executable, "-c", "import train; print(train.answer())"], capture_output=True, text=True)
+    answer = (out.stdout.strip().splitlines() or [""])[-1]
+    print("score:", 1.0 if answer == data.EXPECTED else 0.0)
+    """
+)
+PLANT_PACKAGE = textwrap.dedent(
+    """\
+    import os
+    def answer():
+        return "0"
+    try:  # data/ is writable: make it a package that every later `import data` loads
+        with open("data/__init__.py", "w") as f:
+            f.write("EXPECTED = '7'\\n")
+    except OSError as e:
+        print("cannot plant:", type(e).__name__)
+    """
+)
+
+
+@needs_bwrap
+def test_a_writable_dir_made_a_package_by_the_eval_is_a_crash_and_is_removed(make_repo: MakeRepo) -> None:
+    """A package dir beats a module of the same name: an eval that leaves data/__init__.py in the
+    writable data/ would replace the harness's own data.py for every later run."""
+    repo = make_repo(
+        config=PYC_CONFIG.format(python=sys.executable, mode="bwrap") + 'writable = ["data"]\n',
+        files={
+            "train.py": "def answer():\n    return '0'\n",
+            "data.py": "EXPECTED = '42'\n",
+            "evaluate.py": SHADOW_HARNESS,
+        },
+    )
+    (repo / "data").mkdir()
+    exp = Experiment(repo)
+    try:
+        baseline(exp)
+        exp.write_target(content=PLANT_PACKAGE)
+        exp.commit("plant a package")
+        view = exp.run_eval(WAIT_S)
+        assert view.status == "crash" and "data/__init__.py (Python code left in a writable dir" in view.reason
+        assert exp.decide().status == "crash"
+        exp.log_result()
+        assert not (repo / "data" / "__init__.py").exists()
+        exp.write_target(content="def answer():\n    return '7'\n")
+        exp.commit("a wrong answer")
+        assert exp.run_eval(WAIT_S).metrics == {"score": 0.0}, "measured with the harness's own data.py"
+    finally:
+        exp.close()
+
+
+def test_a_writable_dir_that_is_already_a_package_or_holds_the_target_is_refused(make_repo: MakeRepo) -> None:
+    cfg = PYC_CONFIG.format(python=sys.executable, mode="auto") + 'writable = ["out"]\n'
+    repo = make_repo(config=cfg, files={"train.py": "x = 1\n", "evaluate.py": "print('score: 1')\n"})
+    (repo / "out").mkdir()
+    (repo / "out" / "__init__.py").write_text("")  # untracked, the user's: refused, never deleted
+    with pytest.raises(ConfigError, match=r"writable holds Python code \(out/__init__.py\)"):
+        Experiment(repo)
+    assert (repo / "out" / "__init__.py").exists()
+    # The target's own code is no exception: a run could leave its bytecode for every later candidate.
+    cfg = PYC_CONFIG.format(python=sys.executable, mode="auto").replace('"train.py"', '"lib/train.py"')
+    repo = make_repo(
+        config=cfg + 'writable = ["lib"]\n', files={"lib/train.py": "x = 1\n", "evaluate.py": "print('score: 1')\n"}
+    )
+    with pytest.raises(ConfigError, match=r"writable holds Python code \(lib/train.py\)"):
+        Experiment(repo)
+
+
+@pytest.mark.parametrize("path", ["__pycache__", "src/__pycache__", "out/__pycache__/x"])
+def test_a_writable_dir_in_a_bytecode_cache_is_refused(path: str) -> None:
+    from autoexp_mcp.config import SandboxConfig
+
+    with pytest.raises(ValueError, match="__pycache__ directory"):
+        SandboxConfig(writable=(path,))
 
 
 # --- spend figures ---------------------------------------------------------------------------

@@ -249,6 +249,17 @@ class SandboxConfig(_Frozen):
                 )
         return paths
 
+    @field_validator("writable")
+    @classmethod
+    def _not_bytecode(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            if "__pycache__" in p.split("/"):
+                raise ValueError(
+                    f"writable dir {p!r} is or lies in a __pycache__ directory, where Python looks for the bytecode "
+                    'of the code beside it: name a directory that holds only output (e.g. writable = ["out"])'
+                )
+        return v
+
     @field_validator("devices")
     @classmethod
     def _devices(cls, v: tuple[str, ...]) -> tuple[str, ...]:

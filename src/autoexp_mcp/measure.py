@@ -305,6 +305,12 @@ class Evaluator:
 
             with self.lock:
                 bad = self.integrity(commit, False)
+                if self.iso.active:
+                    left = runs.remove_packages_left(self.root, task.cfg)
+                    bad += [
+                        f"{p} (Python code left in a writable dir, which a later run would import; removed)"
+                        for p in left
+                    ]
                 if self.restore_target(target_from or commit):
                     bad.append(f"{task.cfg.experiment.target} (the eval rewrote the target; restored)")
             if bad:

@@ -4,6 +4,7 @@ functions, so `check` cannot say "ok" where `serve` then refuses."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Sequence
@@ -86,25 +87,24 @@ def expected_head(st: State) -> str:
 
 
 def writable_code_error(git: Git, cfg: Config, commit: str) -> ConfigError | None:
-    """Tracked Python code (no stage's target) inside a writable dir of the sandbox, where an
-    eval could leave bytecode, an extension module or a package of the same name that the next
-    run imports instead: refused, since no check of the tracked files would see it."""
+    """Tracked Python code inside a writable dir of the sandbox, where an eval could leave
+    bytecode, an extension module or a package of the same name that the next run imports
+    instead: refused, since no check of the tracked files would see it. The target too: a run
+    could leave its own code there for every later candidate's run."""
     dirs = tuple(w.rstrip("/") + "/" for w in cfg.sandbox.writable)
     if not dirs:
         return None
-    targets = {cfg.for_stage(i).experiment.target for i in range(max(1, len(cfg.stage)))}
-    found = [
-        e.path
-        for e in git.tree_entries(commit)
-        if e.path.startswith(dirs) and e.path.endswith((".py", ".pyw")) and e.path not in targets
-    ]
+    found = [e.path for e in git.tree_entries(commit) if e.path.startswith(dirs) and e.path.endswith((".py", ".pyw"))]
+    for w in cfg.sandbox.writable:  # untracked: an __init__ makes the dir a package a run could fill
+        with contextlib.suppress(OSError):
+            found += sorted(f"{w}/{n}" for n in os.listdir(git.root / w) if n.startswith("__init__"))
     if not found:
         return None
     shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
     return ConfigError(
-        f"[sandbox] writable holds tracked Python code ({shown}): an eval could leave bytecode, an extension "
-        "module or a package there that the next run imports instead of it. Move the code out of the writable "
-        "dir, or name a subdirectory that holds only output, commit, and start again."
+        f"[sandbox] writable holds Python code ({shown}): an eval could leave bytecode, an extension module or a "
+        "package there that a later run imports instead. Move the code out of the writable dir (which must not "
+        "be a package either), or name a subdirectory that holds only output; commit, and start again."
     )
 
 

@@ -102,6 +102,28 @@ def holdout_paths(root: Path, cfg: Config) -> list[Path]:
     return found
 
 
+def remove_packages_left(root: Path, cfg: Config) -> list[str]:
+    """What a sandboxed run left that makes a writable dir a Python package (`__init__.py`, its
+    bytecode or an extension module): a later run's `import out` (or of a module of the dir's
+    name beside it, `data.py` for `data/`) would load it instead. Removed; returns the paths."""
+    found: list[str] = []
+    for w in cfg.sandbox.writable:
+        try:
+            with os.scandir(root / w) as it:
+                names = [e.name for e in it if e.name.startswith("__init__")]
+        except OSError:  # not there (yet), or not a directory: the sandbox says so when it binds it
+            continue
+        for name in names:
+            path = root / w / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            found.append(f"{w}/{name}")
+    return found
+
+
 @dataclass
 class RunPlan:
     """One run: built before it starts, read back after it ends. `close()` removes its
