@@ -278,7 +278,7 @@ def test_unchanged_files_are_not_rehashed(data_root: Path, monkeypatch: pytest.M
     p = protected(data_root)
     hashed: list[str] = []
     original = Protected._hash
-    monkeypatch.setattr(Protected, "_hash", lambda self, rel: hashed.append(rel) or original(self, rel))
+    monkeypatch.setattr(Protected, "_hash", lambda self, rel, now: hashed.append(rel) or original(self, rel, now))
     assert p.violations() == []
     assert hashed == []
 
@@ -294,6 +294,10 @@ def test_content_change_is_reported(data_root: Path) -> None:
 def test_touched_but_identical_is_not_reported_nor_rehashed_again(
     data_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from autoexp_mcp import fsafe
+
+    real_now = fsafe.fs_now
+    monkeypatch.setattr(fsafe, "fs_now", lambda d: real_now(d) + 2_000_000_000)  # the stat is old at once
     p = protected(data_root)
     f = data_root / "data" / "test.csv"
     bump_mtime(f)
@@ -304,7 +308,7 @@ def test_touched_but_identical_is_not_reported_nor_rehashed_again(
     # ... so neither this instance nor a new one hashes the file again.
     hashed: list[str] = []
     original = Protected._hash
-    monkeypatch.setattr(Protected, "_hash", lambda self, rel: hashed.append(rel) or original(self, rel))
+    monkeypatch.setattr(Protected, "_hash", lambda self, rel, now: hashed.append(rel) or original(self, rel, now))
     assert p.violations() == []
     assert protected(data_root).violations() == []
     assert hashed == []
@@ -378,3 +382,22 @@ def test_no_globs_protect_nothing_and_store_nothing(data_root: Path) -> None:
 
 def test_sha256_helper() -> None:
     assert guard.sha256(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_a_stat_as_new_as_the_file_systems_clock_is_hashed_again(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With coarse timestamps a rewrite within the same tick keeps size, mtime and ctime: a
+    stat that is not older than the file system's clock is never trusted to mean "unchanged"."""
+    from autoexp_mcp import fsafe
+
+    f = data_root / "data" / "test.csv"
+    monkeypatch.setattr(fsafe, "fs_now", lambda d: f.stat().st_ctime_ns)  # the snapshot's tick
+    p = protected(data_root)
+    stored = json.loads((data_root / ".autoexp" / "protected.json").read_text())["files"]["data/test.csv"]
+    assert stored["ctime_ns"] == -1, "not remembered: it could change again within the tick"
+    st = f.stat()
+    data = f.read_bytes()
+    f.write_bytes(data.replace(b"1", b"9") if b"1" in data else b"x" * len(data))  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.violations() == ["data/test.csv (content changed)"]

@@ -247,6 +247,7 @@ def test_the_refusal_lists_each_control_file_and_the_forged_harness(attacked: Ex
 def watched(make_repo: MakeRepo, tmp_path: Path) -> tuple[Path, Git, HarnessWatch]:
     repo = make_repo(files={"tools/helper.py": "print('help')\n", "tools/lookup.csv": "1,1\n"})
     g = Git(repo)
+    g.ensure_excluded()  # as the server does: its own files under .autoexp/ are no change
     protected = guard.Protected(repo, [], tmp_path / "protect.json")
     watch = HarnessWatch(g, protected, branch="main")
     watch.snapshot()
@@ -441,25 +442,20 @@ def test_the_index_the_server_left_vouches_for_nothing_that_changes_it_later(mak
     assert "h" not in index_tags(repo), "the flag was cleared"
 
 
-class _Later:
-    """`time` as the watch reads it, two seconds ahead: every stat taken is out of the racy
-    window, so directory listings and file stats are remembered at once."""
+def _clock_ahead(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
+    """The file systems' clock as the watch reads it, `ns` ahead of the real one."""
+    from autoexp_mcp import fsafe
 
-    @staticmethod
-    def time_ns() -> int:
-        import time
-
-        return time.time_ns() + 2_000_000_000
+    real = fsafe.fs_now
+    monkeypatch.setattr(fsafe, "fs_now", lambda directory: real(directory) + ns)
 
 
 @pytest.mark.parametrize("where", ["hooks/post-commit", "refs/tags/v9", "info/sparse-checkout", "refs/replace/x/y"])
 def test_a_control_file_added_after_its_directory_listing_was_remembered_is_found(
     watched: tuple[Path, Git, HarnessWatch], monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    from autoexp_mcp import watch as watch_module
-
     repo, g, watch = watched
-    monkeypatch.setattr(watch_module, "time", _Later)
+    _clock_ahead(monkeypatch, 2_000_000_000)  # every stat is old: listings are remembered at once
     head = g.head()
     assert watch.check(head, target="value.txt").problems == []
     assert watch.check(head, target="value.txt").problems == []  # from the remembered listings
@@ -499,3 +495,66 @@ def test_the_tree_of_the_servers_own_commit_is_what_git_lists(
     assert sha in watch._trees, "taken from the parent's listing"
     assert watch._trees[sha] == _Tree.of(g.tree_entries(sha))
     assert watch.check(sha, target="value.txt").problems == []
+
+
+@pytest.mark.parametrize(
+    "setting", ["tracked .gitattributes", "untracked .gitattributes", "info/attributes", "core.autocrlf"]
+)
+def test_the_tree_of_a_commit_git_may_convert_is_listed_by_git(
+    watched: tuple[Path, Git, HarnessWatch], setting: str
+) -> None:
+    """With eol conversion (or any attribute) git stores other bytes than the file's: the tree
+    is then listed by git, never taken from the parent's listing."""
+    from autoexp_mcp.tree import Tree
+    from autoexp_mcp.watch import _Tree
+
+    repo, g, watch = watched
+    if setting == "tracked .gitattributes":
+        (repo / ".gitattributes").write_text("*.txt text eol=lf\n")
+        git(repo, "add", ".gitattributes")
+        git(repo, "commit", "-qm", "attributes")
+    elif setting == "untracked .gitattributes":
+        (repo / ".gitattributes").write_text("*.txt text eol=lf\n")
+    elif setting == "info/attributes":
+        (repo / ".git" / "info" / "attributes").write_text("*.txt text eol=lf\n")
+    else:
+        git(repo, "config", "core.autocrlf", "input")
+    watch = HarnessWatch(g, watch.protected, branch="main")
+    watch.snapshot()
+    tree = Tree(g, watch.protected, "main")
+    tree._watch = watch
+    head = g.head()
+    assert watch.check(head, target="value.txt").problems == []
+    (repo / "value.txt").write_bytes(b"3\r\n")
+    sha = tree.own_commit("value.txt", "a CRLF value")
+    assert sha not in watch._trees, "left to git"
+    assert watch.check(sha, target="value.txt").problems == []
+    assert watch._trees[sha] == _Tree.of(g.tree_entries(sha))
+    assert watch._trees[sha].files["value.txt"].sha == blob_id(b"3\n"), "git stored the converted bytes"
+
+
+def test_a_stat_as_new_as_the_file_systems_clock_is_never_remembered(
+    watched: tuple[Path, Git, HarnessWatch], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a file system with coarse timestamps (one second, say) a file changed twice within a
+    tick keeps its stat: only a stat older than the file system's own clock is remembered, so
+    a rewrite that puts size and mtime back is still hashed and found."""
+    from autoexp_mcp import fsafe
+
+    repo, g, watch = watched
+    head = g.head()
+    path = repo / "evaluate.py"
+    ctime = path.stat().st_ctime_ns
+    monkeypatch.setattr(fsafe, "fs_now", lambda directory: ctime)  # the same tick as the last change
+    assert watch.check(head, target="value.txt").problems == []
+    assert "evaluate.py" not in watch._seen
+    st = path.stat()
+    original = path.read_bytes()
+    path.write_bytes(original.replace(b"score", b"SCORE"))  # same size, mtime put back
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.setattr(fsafe, "fs_now", lambda directory: path.stat().st_ctime_ns)
+    assert watch.check(head, target="value.txt").problems == ["evaluate.py"]
+    assert path.read_bytes() == original
+    monkeypatch.setattr(fsafe, "fs_now", lambda directory: path.stat().st_ctime_ns + 1)  # a tick later
+    assert watch.check(head, target="value.txt").problems == []
+    assert "evaluate.py" in watch._seen, "remembered once older than the clock"

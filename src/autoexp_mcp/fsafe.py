@@ -79,3 +79,25 @@ def read_beneath(root: Path, rel: str, limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+CLOCK_FILE = "autoexp-clock"  # touched to read the file system's own clock (fs_now)
+
+
+def fs_now(directory: Path) -> int:
+    """The file system's clock now, in its own timestamp granularity: the ctime of a marker in
+    `directory` just touched. A file whose ctime is earlier was last changed before this moment,
+    so any later change shows in its stat, however coarse the timestamps (git's rule for racy
+    entries); one with this ctime or later may change again unseen. 0 (nothing is that old)
+    when the marker cannot be touched."""
+    path = directory / CLOCK_FILE
+    try:
+        try:
+            os.utime(path, follow_symlinks=False)
+        except FileNotFoundError:
+            directory.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    return st.st_ctime_ns if stat.S_ISREG(st.st_mode) else 0

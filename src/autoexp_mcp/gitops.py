@@ -313,10 +313,17 @@ class Git:
             self._g.reset("--quiet", _sha(sha), "--", *chunk)
 
     def blob(self, sha: str) -> bytes:
-        """A blob's bytes, unfiltered."""
-        data = self._g.cat_file("blob", _sha(sha), stdout_as_string=False, strip_newline_in_stdout=False)
+        """A blob's bytes, unfiltered. Raises GitError when the object store lacks it."""
+        try:
+            data = self._g.cat_file("blob", _sha(sha), stdout_as_string=False, strip_newline_in_stdout=False)
+        except git.GitCommandError as e:
+            raise GitError(f"cannot read blob {sha[:12]}: {str(e.stderr or '').strip()[-300:]}") from None
         assert isinstance(data, bytes)
         return data
+
+    def config_value(self, key: str) -> str:
+        """A value from the repository's config as written ("" when unset)."""
+        return str(self._g.config("--get", key, with_exceptions=False)).strip()
 
     def config_bool(self, key: str, default: bool) -> bool:
         """A boolean from the repository's config (read with the server's options)."""

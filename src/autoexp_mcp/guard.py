@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import auth
+from . import auth, fsafe
 from .errors import GuardError, IntegrityError
 
 MAX_EDITS = 100
@@ -223,7 +223,9 @@ class Protected:
                         found.add(rel)
         return sorted(found)
 
-    def _hash(self, rel: str) -> _Entry:
+    def _hash(self, rel: str, now: int) -> _Entry:
+        """The entry as it is; its stat is kept for the next look only when older than `now`
+        (fsafe.fs_now): a change within the same timestamp tick would leave it unchanged."""
         path = self.root / rel
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
@@ -232,7 +234,8 @@ class Protected:
             st, digest = _hash_file(path)
         else:
             digest = _type_digest(st)
-        return _Entry(st.st_size, st.st_mtime_ns, st.st_ino, digest, st.st_ctime_ns, _kind(st.st_mode))
+        ctime = st.st_ctime_ns if st.st_ctime_ns < now else -1  # -1 matches no stat: hashed again
+        return _Entry(st.st_size, st.st_mtime_ns, st.st_ino, digest, ctime, _kind(st.st_mode))
 
     def load_or_snapshot(self, *, under_way: bool = False) -> None:
         """Reuse the hashes recorded at the first start (so changes made while the server was
@@ -246,7 +249,8 @@ class Protected:
         if raw is not None and raw.get("globs") == self.globs:
             self._entries = {k: _Entry(**v) for k, v in raw["files"].items() if k not in self.exclude}
             return
-        self._entries = {rel: self._hash(rel) for rel in self._files()}
+        now = fsafe.fs_now(self.store.parent)
+        self._entries = {rel: self._hash(rel, now) for rel in self._files()}
         self._save()
 
     def _load(self, under_way: bool) -> dict[str, Any] | None:
@@ -298,12 +302,13 @@ class Protected:
         bad += [f"{p} (new)" for p in sorted(current - recorded)]
         bad += [f"{p} (deleted)" for p in sorted(recorded - current)]
         refreshed = False
+        now = fsafe.fs_now(self.store.parent)
         for rel in sorted(current & recorded):
             e = self._entries[rel]
             try:
                 if e.same_stat(os.lstat(self.root / rel)):
                     continue
-                fresh = self._hash(rel)
+                fresh = self._hash(rel, now)
             except OSError:
                 bad.append(f"{rel} (unreadable)")
                 continue

@@ -198,9 +198,13 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
     (the default) the file and the directory are fsync'd too; without, the write survives a
     killed process but not a power cut: only for states a restart can redo."""
     # One temp name per writer (process and thread): no random name to make, nothing shared.
+    # Made afresh (O_EXCL): whatever a killed writer left under the name (or anyone planted, a
+    # FIFO or a link) is removed first, never opened.
     tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         fd = os.open(tmp, flags, 0o600)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)

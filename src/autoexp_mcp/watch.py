@@ -23,20 +23,18 @@ import hashlib
 import os
 import shutil
 import stat
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import guard
+from . import fsafe, guard
+from .errors import GitError
 from .gitops import Git, TreeEntry
+from .state import STATE_DIR
 
 _MODE_FILE = "100644"
 _MODE_EXEC = "100755"
 _MODE_LINK = "120000"
-# A stat taken within this window of the file's last change is not remembered: a second
-# change within the same filesystem timestamp tick would leave the stat unchanged.
-_RACY_NS = 500_000_000
 _TREES_CACHED = 4  # recorded commits whose listings are kept (incumbent, candidate, a few old)
 # Directories (relative to the common git dir) whose every file is watched.
 _CONTROL_DIRS = ("hooks", "info", "objects/info", "refs")
@@ -76,6 +74,7 @@ class _Tree:
 
     files: dict[str, TreeEntry]
     dirs: frozenset[str]
+    attributes: bool = False  # it holds a .gitattributes: git may store a file other than its bytes
 
     @classmethod
     def of(cls, entries: Sequence[TreeEntry]) -> _Tree:
@@ -86,7 +85,8 @@ class _Tree:
             while d and d not in dirs:
                 dirs.add(d)
                 d = os.path.dirname(d)
-        return cls(files, frozenset(dirs))
+        attributes = any(os.path.basename(p) == ".gitattributes" for p in files)
+        return cls(files, frozenset(dirs), attributes)
 
 
 # A tracked path as last verified: its lstat (mode, size, mtime_ns, ctime_ns, ino), then the
@@ -113,12 +113,18 @@ class HarnessWatch:
         self._control: dict[str, _Control] | None = None
         self._control_stats: dict[str, StatKey] = {}
         self._listings: dict[str, tuple[StatKey, list[str], list[str]]] = {}  # dir -> its stat, files, subdirs
+        # The file systems' clocks, read at the start of each check (fsafe.fs_now): a stat is
+        # remembered only when its ctime is earlier, since a second change within the same
+        # timestamp tick would leave it unchanged. 0 until the first check: nothing is old enough.
+        self._now_git = 0
+        self._now_tree = 0
         self._dir_ids: dict[Path, tuple[int, int]] = {}
         self._trees: dict[str, _Tree] = {}
         self._seen: dict[str, _Seen] = {}
         self._index_key: bytes | None = None
         self._index_commit: str | None = None
         self._filemode: bool | None = None
+        self._autocrlf: str | None = None
 
     # --- the .git control files ------------------------------------------------------------
 
@@ -158,8 +164,8 @@ class HarnessWatch:
     def _walk(self, top: str) -> Iterator[str]:
         """Every non-directory under `top` (and `top` itself if it is not a real directory),
         never following a symlink. A directory's listing is read again only when its stat
-        changed (adding, removing or renaming an entry changes it; a stat within the racy
-        window is not remembered)."""
+        changed (adding, removing or renaming an entry changes it; a stat not older than the
+        file system's clock is not remembered)."""
         try:
             st = os.lstat(top)
         except OSError:
@@ -176,7 +182,7 @@ class HarnessWatch:
                 entries = list(it)
             files = [e.path for e in entries if not e.is_dir(follow_symlinks=False)]
             dirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
-            if time.time_ns() - st.st_ctime_ns > _RACY_NS:
+            if st.st_ctime_ns < self._now_git:
                 self._listings[top] = (key, files, dirs)
         yield from files
         for d in dirs:
@@ -208,7 +214,7 @@ class HarnessWatch:
                 current[path] = recorded[path]
                 continue
             current[path] = _read_entry(path)
-            if current[path] == recorded.get(path) and time.time_ns() - key[3] > _RACY_NS:
+            if current[path] == recorded.get(path) and key[3] < self._now_git:
                 self._control_stats[path] = key
         for path in sorted(set(recorded) | set(current)):
             before, now = recorded.get(path), current.get(path)
@@ -331,18 +337,40 @@ class HarnessWatch:
         now, so it need not be listed again. An unknown parent leaves it to be listed."""
         tree = self._trees.get(parent)
         old = tree.files.get(target) if tree is not None else None
+        if tree is None or old is None or not self._stored_as_is(tree, target):
+            return
         try:
             have = self._working(target, os.lstat(f"{self.root}{os.sep}{target}"))
         except OSError:
-            have = None
-        if tree is None or old is None or have is None:
+            return
+        if have is None:
             return
         # With core.fileMode=false git keeps the recorded exec bit; so does the comparison.
         mode = old.mode if self._same_mode(have[0], old.mode) else have[0]
         files = {**tree.files, target: TreeEntry(mode, "blob", have[1], target)}
         if len(self._trees) >= _TREES_CACHED:
             self._trees.pop(next(iter(self._trees)))
-        self._trees[commit] = _Tree(files, tree.dirs)
+        self._trees[commit] = _Tree(files, tree.dirs, tree.attributes)
+
+    def _stored_as_is(self, tree: _Tree, target: str) -> bool:
+        """Whether git stores the target's bytes unchanged: no attributes that could apply to it
+        (a .gitattributes in the tree, an untracked one above the target, .git/info/attributes:
+        eol conversion, filters, ident) and no core.autocrlf. Anything else is listed by git."""
+        if tree.attributes or os.path.basename(target) == ".gitattributes":
+            return False
+        d = os.path.dirname(target)
+        while True:
+            if os.path.lexists(os.path.join(self.root, d, ".gitattributes")):
+                return False
+            if not d:
+                break
+            d = os.path.dirname(d)
+        with contextlib.suppress(OSError):
+            if os.stat(self._dirs["common"] / "info" / "attributes").st_size:
+                return False
+        if self._autocrlf is None:  # .git/config is a watched control file: read once
+            self._autocrlf = self.git.config_value("core.autocrlf").lower()
+        return self._autocrlf in ("", "false", "no", "off", "0")
 
     def _file_mode(self) -> bool:
         if self._filemode is None:
@@ -365,7 +393,7 @@ class HarnessWatch:
     def _file_changes(self, tree: _Tree, target: str, restore: bool) -> tuple[list[str], bool]:
         changed: list[str] = []
         target_changed = False
-        now = time.time_ns()
+        now = self._now_tree
         bad_dirs = _not_directories(self.root, tree.dirs)
         prefix = f"{self.root}{os.sep}"  # plain strings: a Path per file costs more than its lstat
         seen_get = self._seen.get
@@ -389,7 +417,7 @@ class HarnessWatch:
             same = have is not None and have[1] == want.sha and self._same_mode(have[0], want.mode)
             if same:
                 assert st is not None
-                if now - st.st_ctime_ns > _RACY_NS:
+                if st.st_ctime_ns < now:
                     self._seen[rel] = (*_stat_key(st), want.mode, want.sha)
                 continue
             self._seen.pop(rel, None)
@@ -426,6 +454,8 @@ class HarnessWatch:
                 guard.atomic_write_file(path, data, 0o755 if want.mode == _MODE_EXEC else 0o644)
         except OSError as e:
             return [f"{rel} not restored: {e.strerror or e}"]
+        except GitError as e:  # the blob is gone from .git: nothing to restore it from
+            return [f"{rel} not restored: {e}"]
         return []
 
     # --- the whole check -------------------------------------------------------------------
@@ -433,6 +463,8 @@ class HarnessWatch:
     def check(self, expected_commit: str, *, target: str, restore: bool = True) -> WatchResult:
         """Everything but `target` must be as in `expected_commit`, and .git as recorded.
         With `restore`, what differs is put back (untracked files are never deleted)."""
+        self._now_git = fsafe.fs_now(self._dirs["common"])
+        self._now_tree = fsafe.fs_now(self.root / STATE_DIR)
         problems = self._control_changes(restore)
         if any(p.endswith("by hand)") for p in problems):
             return WatchResult(problems)
