@@ -132,9 +132,11 @@ class Experiment:
             self.state = opening.open_state(self.git, self.full_cfg, self.ledger, from_commit)
             opening.adopt_user_commits(self.git, self.state, self.full_cfg, self._tag, self._save)
             opening.check_config_committed(self.git, self.state, self._config_bytes, self.full_cfg.experiment.branch)
-            code = preflight.writable_code_error(self.git, self.full_cfg, preflight.expected_head(self.state))
+            head = preflight.expected_head(self.state)
+            code = preflight.writable_code_error(self.git, self.full_cfg, head)
             if code is not None:
                 raise code
+            self.evaluator.python = tuple(e.path for e in self.git.tree_entries(head) if e.path.endswith(".py"))
             targets = {self.full_cfg.for_stage(i).experiment.target for i in range(max(1, len(self.full_cfg.stage)))}
             self.protected = guard.Protected(
                 self.root, self.cfg.experiment.protect, self.dir / "protect.json", exclude=sorted(targets)

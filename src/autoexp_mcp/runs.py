@@ -7,12 +7,12 @@ under bubblewrap the repository is read-only and `.git`, `.autoexp/`, the ledger
 files and the server's key are invisible; without it, metric files are read once, right after
 the run, without following symlinks, and only if this run wrote them.
 
-Python bytecode: no eval writes any. In the sandbox the eval can write only its private /tmp
-and the writable dirs, so the interpreter's own caches (and the repository's) are used as they
-are, and no tracked Python code may live in a writable dir, where a run could shadow it for the
-next one (a .pyc, a .so or a package of the same name). Without the sandbox the eval can write
-wherever the server can, so each run reads bytecode from an empty directory of its own only
-(every module it imports is compiled afresh: slower, but nothing planted is loaded).
+Python bytecode: no eval writes any (PYTHONDONTWRITEBYTECODE), and the interpreter's own
+caches are used as they are. In the sandbox the eval can write only its private /tmp and the
+writable dirs, which may hold no Python code and must not become a package (preflight.py,
+`remove_packages_left`). Without the sandbox an earlier run could have left bytecode beside
+the repository's Python files (an unchecked hash-based .pyc is loaded whatever the source
+says): it is removed before each run (`remove_bytecode`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +68,7 @@ def isolation(cfg: SandboxConfig) -> Isolation:
 
 def eval_env(cfg: Config, *, run: int, repeat: int, experiment: int, commit: str) -> dict[str, str]:
     """The eval's environment, the same for the server's runs and `autoexp-mcp check`:
-    allowlisted variables, the run's identity, and no Python bytecode written (where none may
-    be read either, `RunPlan.prepare` adds an empty `PYTHONPYCACHEPREFIX`)."""
+    allowlisted variables, the run's identity, and no Python bytecode written."""
     extra = {
         "AUTOEXP_RUN": str(run),
         "AUTOEXP_REPEAT": str(repeat),
@@ -124,6 +123,31 @@ def remove_packages_left(root: Path, cfg: Config) -> list[str]:
     return found
 
 
+def remove_bytecode(root: Path, python: Iterable[str]) -> int:
+    """Remove the bytecode of the repository's Python files `python` (repo-relative) from their
+    __pycache__ dirs, never through a symlink; returns how many files went. No run of the
+    server writes any, so what is there was left by hand or by an earlier unsandboxed run."""
+    stems: dict[str, set[str]] = {}
+    for rel in python:
+        d, name = os.path.split(rel)
+        stems.setdefault(d, set()).add(os.path.splitext(name)[0])
+    removed = 0
+    for d, names in stems.items():
+        try:
+            fd = fsafe.open_beneath(root, os.path.join(d, "__pycache__"), os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:  # none there (the usual case), or not a real directory
+            continue
+        try:
+            for entry in os.listdir(fd):
+                if entry.endswith(".pyc") and entry.split(".", 1)[0] in names:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry, dir_fd=fd)
+                        removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
 @dataclass
 class RunPlan:
     """One run: built before it starts, read back after it ends. `close()` removes its
@@ -142,6 +166,7 @@ class RunPlan:
     holdout: bool = False  # the hold-out run: its own files stay visible
     log_root: Path | None = None  # where log_rel lives (default: root)
     cover: tuple[Path, ...] = ()  # sandbox.Plan.cover: dirs around the root the eval must not see
+    python: Sequence[str] = ()  # the repository's tracked Python files: see remove_bytecode
     _scratch: Path | None = None
     _binds: dict[str, Path] = field(default_factory=dict)  # metric file -> server-owned copy bound at it
     _before: dict[str, tuple[int, int, int] | None] = field(default_factory=dict)
@@ -205,9 +230,7 @@ class RunPlan:
             sandbox.prepare(plan)
             argv = sandbox.wrap(plan, list(self.argv))
         else:
-            pycache = self._scratch_dir() / "pycache"
-            pycache.mkdir()
-            env["PYTHONPYCACHEPREFIX"] = str(pycache)
+            remove_bytecode(self.root, self.python)
             self._before = {rel: _stat_sig(self.root / rel) for rel in self._metric_files()}
         log_root = self.log_root or self.root
         log_fd = fsafe.create_beneath(log_root, self.log_rel)
