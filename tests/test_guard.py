@@ -297,7 +297,7 @@ def test_touched_but_identical_is_not_reported_nor_rehashed_again(
     from autoexp_mcp import fsafe
 
     real_now = fsafe.fs_now
-    monkeypatch.setattr(fsafe, "fs_now", lambda d: real_now(d) + 2_000_000_000)  # the stat is old at once
+    monkeypatch.setattr(fsafe, "fs_now", lambda d: fsafe.Clock(real_now(d).dev, real_now(d).ns + 2_000_000_000))
     p = protected(data_root)
     f = data_root / "data" / "test.csv"
     bump_mtime(f)
@@ -392,7 +392,7 @@ def test_a_stat_as_new_as_the_file_systems_clock_is_hashed_again(
     from autoexp_mcp import fsafe
 
     f = data_root / "data" / "test.csv"
-    monkeypatch.setattr(fsafe, "fs_now", lambda d: f.stat().st_ctime_ns)  # the snapshot's tick
+    monkeypatch.setattr(fsafe, "fs_now", lambda d: fsafe.Clock(f.stat().st_dev, f.stat().st_ctime_ns))  # its tick
     p = protected(data_root)
     stored = json.loads((data_root / ".autoexp" / "protected.json").read_text())["files"]["data/test.csv"]
     assert stored["ctime_ns"] == -1, "not remembered: it could change again within the tick"

@@ -252,6 +252,61 @@ def test_planted_bytecode_is_never_what_gets_measured(make_repo: MakeRepo, mode:
     assert not list(repo.rglob("*.pyc")), "none written by the runs; what the eval planted is gone"
 
 
+PLANT_ELSEWHERE = textwrap.dedent(
+    """\
+    import importlib._bootstrap_external as be, importlib.util, os, shutil
+    def score():
+        return 1
+    code = compile("def scale(x):\\n    return 1000\\n", os.path.abspath("{module}"), "exec")
+    pyc = be._code_to_hash_pyc(code, b"\\0" * 8, checked=False)  # loaded whatever the source says
+    if "{how}" == "symlink":  # __pycache__ as a link to bytecode kept elsewhere
+        os.makedirs(".cache-x", exist_ok=True)
+        open(".cache-x/" + os.path.basename(importlib.util.cache_from_source("{module}")), "wb").write(pyc)
+        shutil.rmtree("__pycache__", ignore_errors=True)
+        os.symlink(".cache-x", "__pycache__")
+    else:  # where the interpreter looks: the repository's __pycache__, or the allowlisted prefix
+        path = importlib.util.cache_from_source(os.path.abspath("{module}"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").write(pyc)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["symlink", "dotted name", "prefix"])
+def test_bytecode_an_unsandboxed_run_left_anywhere_python_looks_is_not_loaded(
+    make_repo: MakeRepo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, how: str
+) -> None:
+    module = "scoring.v2.py" if how == "dotted name" else "scoring.py"
+    harness = PYC_HARNESS
+    if how == "dotted name":  # a module file name with a dot, loaded by path
+        harness = (
+            "import importlib.util as u, train\n"
+            "spec = u.spec_from_file_location('scoring', 'scoring.v2.py'); scoring = u.module_from_spec(spec)\n"
+            "spec.loader.exec_module(scoring)\nprint(f'score: {scoring.scale(train.score())}')\n"
+        )
+    cfg = PYC_CONFIG.format(python=sys.executable, mode="none")
+    if how == "prefix":  # the user keeps bytecode out of the tree, and passes that on to evals
+        monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(tmp_path / "prefix"))
+        cfg = cfg.replace("wait_seconds = 20\n", 'wait_seconds = 20\nenv = ["PYTHONPYCACHEPREFIX"]\n')
+    files = {"train.py": "def score():\n    return 2\n", "evaluate.py": harness, module: SCORING}
+    repo = make_repo(config=cfg, files=files)
+    exp = Experiment(repo)
+    try:
+        baseline(exp)
+        exp.write_target(content=PLANT_ELSEWHERE.format(module=module, how=how))
+        exp.commit("plant bytecode")
+        exp.run_eval(WAIT_S)  # what the target's own code does within its run is its own
+        exp.decide()
+        exp.log_result()
+        exp.write_target(content="def score():\n    return 3\n")
+        exp.commit("an honest 3")
+        view = exp.run_eval(WAIT_S)
+    finally:
+        exp.close()
+    assert view.metrics == {"score": 3.0}
+    assert not (repo / "__pycache__").is_symlink()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_bytecode_comes_from_where_no_eval_can_write(make_repo: MakeRepo, mode: str) -> None:
     """The interpreter's own bytecode caches are used, sandboxed or not, so a Python eval starts

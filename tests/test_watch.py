@@ -447,7 +447,7 @@ def _clock_ahead(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
     from autoexp_mcp import fsafe
 
     real = fsafe.fs_now
-    monkeypatch.setattr(fsafe, "fs_now", lambda directory: real(directory) + ns)
+    monkeypatch.setattr(fsafe, "fs_now", lambda directory: fsafe.Clock(real(directory).dev, real(directory).ns + ns))
 
 
 @pytest.mark.parametrize("where", ["hooks/post-commit", "refs/tags/v9", "info/sparse-checkout", "refs/replace/x/y"])
@@ -544,17 +544,23 @@ def test_a_stat_as_new_as_the_file_systems_clock_is_never_remembered(
     repo, g, watch = watched
     head = g.head()
     path = repo / "evaluate.py"
-    ctime = path.stat().st_ctime_ns
-    monkeypatch.setattr(fsafe, "fs_now", lambda directory: ctime)  # the same tick as the last change
+    dev, ctime = path.stat().st_dev, path.stat().st_ctime_ns
+    monkeypatch.setattr(fsafe, "fs_now", lambda directory: fsafe.Clock(dev, ctime))  # the tick of its last change
     assert watch.check(head, target="value.txt").problems == []
     assert "evaluate.py" not in watch._seen
     st = path.stat()
     original = path.read_bytes()
     path.write_bytes(original.replace(b"score", b"SCORE"))  # same size, mtime put back
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    monkeypatch.setattr(fsafe, "fs_now", lambda directory: path.stat().st_ctime_ns)
+    monkeypatch.setattr(fsafe, "fs_now", lambda directory: fsafe.Clock(dev, path.stat().st_ctime_ns))
     assert watch.check(head, target="value.txt").problems == ["evaluate.py"]
     assert path.read_bytes() == original
-    monkeypatch.setattr(fsafe, "fs_now", lambda directory: path.stat().st_ctime_ns + 1)  # a tick later
+    monkeypatch.setattr(fsafe, "fs_now", lambda directory: fsafe.Clock(dev, path.stat().st_ctime_ns + 1))  # a tick on
     assert watch.check(head, target="value.txt").problems == []
     assert "evaluate.py" in watch._seen, "remembered once older than the clock"
+
+    other = fsafe.Clock(dev + 1, path.stat().st_ctime_ns + 1_000_000_000)  # another file system's clock
+    monkeypatch.setattr(fsafe, "fs_now", lambda directory: other)
+    watch._seen.clear()
+    assert watch.check(head, target="value.txt").problems == []
+    assert "evaluate.py" not in watch._seen, "a clock of another file system settles nothing here"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -84,12 +85,24 @@ def read_beneath(root: Path, rel: str, limit: int) -> bytes:
 CLOCK_FILE = "autoexp-clock"  # touched to read the file system's own clock (fs_now)
 
 
-def fs_now(directory: Path) -> int:
-    """The file system's clock now, in its own timestamp granularity: the ctime of a marker in
-    `directory` just touched. A file whose ctime is earlier was last changed before this moment,
-    so any later change shows in its stat, however coarse the timestamps (git's rule for racy
-    entries); one with this ctime or later may change again unseen. 0 (nothing is that old)
-    when the marker cannot be touched."""
+@dataclass(frozen=True)
+class Clock:
+    """A file system's clock at one moment (fs_now): its device and a marker's ctime."""
+
+    dev: int = -1
+    ns: int = 0
+
+    def settled(self, st: os.stat_result) -> bool:
+        """Whether a stat can stand for the file's content from now on: last changed before this
+        moment, on this file system (another one keeps time with its own granularity). A file
+        changed since, or again within the same timestamp tick, could keep this very stat."""
+        return st.st_dev == self.dev and st.st_ctime_ns < self.ns
+
+
+def fs_now(directory: Path) -> Clock:
+    """The clock of the file system holding `directory`, in its own timestamp granularity: the
+    ctime of a marker there, just touched (git's rule for racy entries). A clock that settles
+    nothing when the marker cannot be touched."""
     path = directory / CLOCK_FILE
     try:
         try:
@@ -99,5 +112,5 @@ def fs_now(directory: Path) -> int:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         st = os.lstat(path)
     except OSError:
-        return 0
-    return st.st_ctime_ns if stat.S_ISREG(st.st_mode) else 0
+        return Clock()
+    return Clock(st.st_dev, st.st_ctime_ns) if stat.S_ISREG(st.st_mode) else Clock()

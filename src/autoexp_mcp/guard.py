@@ -223,7 +223,7 @@ class Protected:
                         found.add(rel)
         return sorted(found)
 
-    def _hash(self, rel: str, now: int) -> _Entry:
+    def _hash(self, rel: str, now: fsafe.Clock) -> _Entry:
         """The entry as it is; its stat is kept for the next look only when older than `now`
         (fsafe.fs_now): a change within the same timestamp tick would leave it unchanged."""
         path = self.root / rel
@@ -234,7 +234,7 @@ class Protected:
             st, digest = _hash_file(path)
         else:
             digest = _type_digest(st)
-        ctime = st.st_ctime_ns if st.st_ctime_ns < now else -1  # -1 matches no stat: hashed again
+        ctime = st.st_ctime_ns if now.settled(st) else -1  # -1 matches no stat: hashed again
         return _Entry(st.st_size, st.st_mtime_ns, st.st_ino, digest, ctime, _kind(st.st_mode))
 
     def load_or_snapshot(self, *, under_way: bool = False) -> None:

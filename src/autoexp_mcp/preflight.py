@@ -16,11 +16,15 @@ from .gitops import Git
 from .state import STATE_DIR, Phase, State, load_state
 
 
+def _listed(paths: Sequence[str], most: int) -> str:
+    return ", ".join(paths[:most]) + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
 def dirty_error(git: Git, allow: Sequence[str] = ()) -> DirtyTreeError | None:
     changed = [p for p in git.changed() if p not in allow]
     if not changed:
         return None
-    shown = ", ".join(changed[:20]) + (f" and {len(changed) - 20} more" if len(changed) > 20 else "")
+    shown = _listed(changed, 20)
     return DirtyTreeError(
         f"the working tree has uncommitted changes to tracked files: {shown}. Commit or stash them "
         "first (no restart needed: the next tool call checks again); autoexp-mcp only starts from a "
@@ -100,11 +104,10 @@ def writable_code_error(git: Git, cfg: Config, commit: str) -> ConfigError | Non
             found += sorted(f"{w}/{n}" for n in os.listdir(git.root / w) if n.startswith("__init__"))
     if not found:
         return None
-    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
     return ConfigError(
-        f"[sandbox] writable holds Python code ({shown}): an eval could leave bytecode, an extension module or a "
-        "package there that a later run imports instead. Move the code out of the writable dir (which must not "
-        "be a package either), or name a subdirectory that holds only output; commit, and start again."
+        f"[sandbox] writable holds Python code ({_listed(found, 3)}): an eval could leave bytecode, an extension "
+        "module or a package there that a later run imports instead. Move the code out of the writable dir (which "
+        "must not be a package either), or name a subdirectory that holds only output; commit, and start again."
     )
 
 

@@ -22,6 +22,7 @@ import glob
 import os
 import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,27 +125,43 @@ def remove_packages_left(root: Path, cfg: Config) -> list[str]:
 
 
 def remove_bytecode(root: Path, python: Iterable[str]) -> int:
-    """Remove the bytecode of the repository's Python files `python` (repo-relative) from their
-    __pycache__ dirs, never through a symlink; returns how many files went. No run of the
-    server writes any, so what is there was left by hand or by an earlier unsandboxed run."""
-    stems: dict[str, set[str]] = {}
-    for rel in python:
-        d, name = os.path.split(rel)
-        stems.setdefault(d, set()).add(os.path.splitext(name)[0])
+    """Empty the __pycache__ dirs beside the repository's Python files `python` (repo-relative),
+    never through a symlink, and remove anything else standing there under that name (a link
+    to bytecode elsewhere); returns how many entries went. No run of the server writes
+    bytecode, so what is there was left by hand or by an earlier unsandboxed run."""
     removed = 0
-    for d, names in stems.items():
+    for d in sorted({os.path.dirname(rel) for rel in python}):
         try:
-            fd = fsafe.open_beneath(root, os.path.join(d, "__pycache__"), os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:  # none there (the usual case), or not a real directory
+            if d:
+                parent = fsafe.open_beneath(root, d, os.O_RDONLY | os.O_DIRECTORY)
+            else:
+                parent = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:  # gone, or not a real directory: the harness watch says so
             continue
         try:
-            for entry in os.listdir(fd):
-                if entry.endswith(".pyc") and entry.split(".", 1)[0] in names:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry, dir_fd=fd)
-                        removed += 1
+            removed += _empty_pycache(parent)
         finally:
-            os.close(fd)
+            os.close(parent)
+    return removed
+
+
+def _empty_pycache(parent: int) -> int:
+    try:
+        st = os.lstat("__pycache__", dir_fd=parent)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink("__pycache__", dir_fd=parent)
+        return 1
+    fd = os.open("__pycache__", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    removed = 0
+    try:
+        for entry in os.listdir(fd):
+            with contextlib.suppress(OSError):  # a directory in there: Python never reads one
+                os.unlink(entry, dir_fd=fd)
+                removed += 1
+    finally:
+        os.close(fd)
     return removed
 
 
@@ -198,6 +215,8 @@ class RunPlan:
             scratch_at.mkdir(mode=0o700)
             self._scratch = scratch_at
         env = dict(self.env)
+        if "PYTHONPYCACHEPREFIX" in env:  # allowlisted: bytecode there is beyond remove_bytecode's reach
+            env["PYTHONPYCACHEPREFIX"] = str(self._scratch_dir() / "pycache")  # empty: nothing is read
         argv: Sequence[str] = self.argv
         _check_command(self.argv, self.root, env.get("PATH"))
         if self.iso.active:

@@ -114,10 +114,10 @@ class HarnessWatch:
         self._control_stats: dict[str, StatKey] = {}
         self._listings: dict[str, tuple[StatKey, list[str], list[str]]] = {}  # dir -> its stat, files, subdirs
         # The file systems' clocks, read at the start of each check (fsafe.fs_now): a stat is
-        # remembered only when its ctime is earlier, since a second change within the same
-        # timestamp tick would leave it unchanged. 0 until the first check: nothing is old enough.
-        self._now_git = 0
-        self._now_tree = 0
+        # remembered only when it settled before, since a second change within the same
+        # timestamp tick would leave it unchanged. Until the first check nothing has settled.
+        self._now_git = fsafe.Clock()
+        self._now_tree = fsafe.Clock()
         self._dir_ids: dict[Path, tuple[int, int]] = {}
         self._trees: dict[str, _Tree] = {}
         self._seen: dict[str, _Seen] = {}
@@ -182,7 +182,7 @@ class HarnessWatch:
                 entries = list(it)
             files = [e.path for e in entries if not e.is_dir(follow_symlinks=False)]
             dirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
-            if st.st_ctime_ns < self._now_git:
+            if self._now_git.settled(st):
                 self._listings[top] = (key, files, dirs)
         yield from files
         for d in dirs:
@@ -206,15 +206,16 @@ class HarnessWatch:
         current: dict[str, _Control] = {}
         for path in self._watched_files():
             try:
-                key = _stat_key(os.lstat(path))
+                st = os.lstat(path)
             except OSError:
                 current[path] = None
                 continue
+            key = _stat_key(st)
             if self._control_stats.get(path) == key and path in recorded:
                 current[path] = recorded[path]
                 continue
             current[path] = _read_entry(path)
-            if current[path] == recorded.get(path) and key[3] < self._now_git:
+            if current[path] == recorded.get(path) and self._now_git.settled(st):
                 self._control_stats[path] = key
         for path in sorted(set(recorded) | set(current)):
             before, now = recorded.get(path), current.get(path)
@@ -417,7 +418,7 @@ class HarnessWatch:
             same = have is not None and have[1] == want.sha and self._same_mode(have[0], want.mode)
             if same:
                 assert st is not None
-                if st.st_ctime_ns < now:
+                if now.settled(st):
                     self._seen[rel] = (*_stat_key(st), want.mode, want.sha)
                 continue
             self._seen.pop(rel, None)
