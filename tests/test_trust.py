@@ -235,21 +235,25 @@ def test_planted_bytecode_is_never_what_gets_measured(make_repo: MakeRepo, mode:
     cfg = PYC_CONFIG.format(python=sys.executable, mode=mode)
     files = {"train.py": "def score():\n    return 2\n", "evaluate.py": PYC_HARNESS, "scoring.py": SCORING}
     repo = make_repo(config=cfg, files=files)
+    assert poisoned_then_honest(repo, POISON) == {"score": 3.0}
+    assert not list(repo.rglob("*.pyc")), "none written by the runs; what the eval planted is gone"
+
+
+def poisoned_then_honest(repo: Path, poison: str) -> dict[str, float | None]:
+    """The baseline, a candidate whose code plants something, then an honest 3: its metrics."""
     exp = Experiment(repo)
     try:
         baseline(exp)
-        exp.write_target(content=POISON)
+        exp.write_target(content=poison)
         exp.commit("plant bytecode")
-        exp.run_eval(WAIT_S)
-        assert exp.decide().status == "discard"
+        exp.run_eval(WAIT_S)  # what the target's own code does within its own run is its own
+        exp.decide()
         exp.log_result()
         exp.write_target(content="def score():\n    return 3\n")
         exp.commit("an honest 3")
-        view = exp.run_eval(WAIT_S)
+        return exp.run_eval(WAIT_S).metrics
     finally:
         exp.close()
-    assert view.metrics == {"score": 3.0}
-    assert not list(repo.rglob("*.pyc")), "none written by the runs; what the eval planted is gone"
 
 
 PLANT_ELSEWHERE = textwrap.dedent(
@@ -290,20 +294,7 @@ def test_bytecode_an_unsandboxed_run_left_anywhere_python_looks_is_not_loaded(
         cfg = cfg.replace("wait_seconds = 20\n", 'wait_seconds = 20\nenv = ["PYTHONPYCACHEPREFIX"]\n')
     files = {"train.py": "def score():\n    return 2\n", "evaluate.py": harness, module: SCORING}
     repo = make_repo(config=cfg, files=files)
-    exp = Experiment(repo)
-    try:
-        baseline(exp)
-        exp.write_target(content=PLANT_ELSEWHERE.format(module=module, how=how))
-        exp.commit("plant bytecode")
-        exp.run_eval(WAIT_S)  # what the target's own code does within its run is its own
-        exp.decide()
-        exp.log_result()
-        exp.write_target(content="def score():\n    return 3\n")
-        exp.commit("an honest 3")
-        view = exp.run_eval(WAIT_S)
-    finally:
-        exp.close()
-    assert view.metrics == {"score": 3.0}
+    assert poisoned_then_honest(repo, PLANT_ELSEWHERE.format(module=module, how=how)) == {"score": 3.0}
     assert not (repo / "__pycache__").is_symlink()
 
 

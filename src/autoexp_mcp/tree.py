@@ -26,7 +26,7 @@ class Tree:
         self.branch = branch
         self._texts: dict[str, str] = {}
         self._watch: HarnessWatch | None = None  # made at the first check, before any eval of this server
-        self._harness_ok: set[tuple[str, str]] = set()  # (commit, harness) pairs whose tree was verified
+        self._harness_ok: dict[str, set[str]] = {}  # commit -> the harnesses its tree was verified to hold
         self._clean: str | None = None  # the commit the last check found everything as in
         # The commit whose run starts next, made on a tree just found clean (the one-call
         # experiment): its pre-run check is that check.
@@ -72,10 +72,10 @@ class Tree:
         if self._watch is not None:
             self._watch.vouch_index(before, sha)
             self._watch.committed(parent, sha, target)
-        if self.sealed:
+        if self.sealed and parent in self._harness_ok:
             # Git built the new tree from the parent's verified tree objects, which no eval could
             # reach since: it holds the parent's harness, so need not be listed again to show it.
-            self._harness_ok |= {(sha, h) for c, h in self._harness_ok if c == parent}
+            self._harness_ok[sha] = set(self._harness_ok[parent])
         return sha
 
     def own_reset(self, commit: str) -> None:
@@ -116,9 +116,9 @@ class Tree:
         bad = result.problems
         # Every commit of a stage holds the harness recorded when the stage started: a tree
         # that does not was read from rewritten objects in .git (git does not re-hash them).
-        if harness is not None and (expected_head, harness) not in self._harness_ok:
+        if harness is not None and harness not in self._harness_ok.get(expected_head, ()):
             if opening.harness_hash(self.git, expected_head, target) == harness:
-                self._harness_ok.add((expected_head, harness))
+                self._harness_ok.setdefault(expected_head, set()).add(harness)
             else:
                 bad.append(
                     f"commit {expected_head[:12]} does not hold the harness recorded when the experiment "
