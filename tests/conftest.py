@@ -235,11 +235,11 @@ def baseline_and_close(repo: Path) -> None:
         exp.close()
 
 
-def first_eval(repo: Path) -> Any:
+def first_eval(repo: Path, wait_s: float = 30) -> Any:
     """The first run_eval of a server opened and closed around it (the baseline's eval)."""
     exp = Experiment(repo)
     try:
-        return exp.run_eval(30)
+        return exp.run_eval(wait_s)
     finally:
         exp.close()
 

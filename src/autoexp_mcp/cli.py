@@ -228,12 +228,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 # --- check -------------------------------------------------------------------------------
 
 
-def _tracked_python(repo: Path) -> list[str]:
+def _tracked_files(repo: Path) -> list[str]:
     from .errors import GitError
     from .gitops import Git
 
     try:
-        return [p for p in Git(repo).tracked_files() if p.endswith(".py")]
+        return Git(repo).tracked_files()
     except GitError:
         return []
 
@@ -299,7 +299,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             run_id=f"check-{uuid.uuid4().hex[:8]}",
             metric_cfgs=cfg.metric,
             git_dirs=[repo / ".git"],
-            python=_tracked_python(repo),
+            python_dirs=runs.python_dirs(_tracked_files(repo)),
         )
         try:
             proc = executor.start(plan, executors.job_name(plan.run_id, "check"), _head_or(repo, "HEAD"))

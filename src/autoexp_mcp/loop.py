@@ -136,7 +136,7 @@ class Experiment:
             code = preflight.writable_code_error(self.git, self.full_cfg, head)
             if code is not None:
                 raise code
-            self.evaluator.python = tuple(e.path for e in self.git.tree_entries(head) if e.path.endswith(".py"))
+            self.evaluator.python_dirs = runs.python_dirs(e.path for e in self.git.tree_entries(head))
             targets = {self.full_cfg.for_stage(i).experiment.target for i in range(max(1, len(self.full_cfg.stage)))}
             self.protected = guard.Protected(
                 self.root, self.cfg.experiment.protect, self.dir / "protect.json", exclude=sorted(targets)

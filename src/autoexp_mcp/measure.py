@@ -179,7 +179,7 @@ class Evaluator:
         self.integrity = integrity
         self.restore_target = restore_target
         self.hidden = hidden
-        self.python: tuple[str, ...] = ()  # the tracked Python files (runs.remove_bytecode), set at open
+        self.python_dirs: tuple[str, ...] = ()  # runs.python_dirs of the tracked files, set at open
 
     def execute(self, job: Job, task: Task) -> EvalResult:
         """The candidate's runs, the incumbent's drift runs when due, and the hold-out."""
@@ -376,7 +376,7 @@ class Evaluator:
                 metric_cfgs=metric_cfgs,
                 git_dirs=self.hidden(),
                 holdout=holdout,
-                python=self.python,
+                python_dirs=self.python_dirs,
             )
             try:
                 proc, name = self._start_or_attach(job, plan, log_name, task.commit)

@@ -4,7 +4,6 @@ functions, so `check` cannot say "ok" where `serve` then refuses."""
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from pathlib import Path
 from .config import CONFIG_FILE, Config, load_config
 from .errors import AutoexpError, ConfigError, DirtyTreeError, GitError, GuardError, LockError
 from .gitops import Git
+from .runs import packages_in_writable
 from .state import STATE_DIR, Phase, State, load_state
 
 
@@ -99,9 +99,7 @@ def writable_code_error(git: Git, cfg: Config, commit: str) -> ConfigError | Non
     if not dirs:
         return None
     found = [e.path for e in git.tree_entries(commit) if e.path.startswith(dirs) and e.path.endswith((".py", ".pyw"))]
-    for w in cfg.sandbox.writable:  # untracked: an __init__ makes the dir a package a run could fill
-        with contextlib.suppress(OSError):
-            found += sorted(f"{w}/{n}" for n in os.listdir(git.root / w) if n.startswith("__init__"))
+    found += packages_in_writable(git.root, cfg)  # untracked: a package a run could fill
     if not found:
         return None
     return ConfigError(

@@ -102,35 +102,42 @@ def holdout_paths(root: Path, cfg: Config) -> list[Path]:
     return found
 
 
-def remove_packages_left(root: Path, cfg: Config) -> list[str]:
-    """What a sandboxed run left that makes a writable dir a Python package (`__init__.py`, its
-    bytecode or an extension module): a later run's `import out` (or of a module of the dir's
-    name beside it, `data.py` for `data/`) would load it instead. Removed; returns the paths."""
+def packages_in_writable(root: Path, cfg: Config) -> list[str]:
+    """What makes a writable dir a Python package (`__init__.py`, its bytecode or an extension
+    module), repo-relative: a later run's `import out` (or of a module of the dir's name beside
+    it, `data.py` for `data/`) would load it instead."""
     found: list[str] = []
     for w in cfg.sandbox.writable:
-        try:
-            with os.scandir(root / w) as it:
-                names = [e.name for e in it if e.name.startswith("__init__")]
-        except OSError:  # not there (yet), or not a directory: the sandbox says so when it binds it
-            continue
-        for name in names:
-            path = root / w / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            found.append(f"{w}/{name}")
+        with contextlib.suppress(OSError):  # not there (yet), or not a directory: the sandbox says so
+            found += sorted(f"{w}/{n}" for n in os.listdir(root / w) if n.startswith("__init__"))
     return found
 
 
-def remove_bytecode(root: Path, python: Iterable[str]) -> int:
-    """Empty the __pycache__ dirs beside the repository's Python files `python` (repo-relative),
-    never through a symlink, and remove anything else standing there under that name (a link
+def remove_packages_left(root: Path, cfg: Config) -> list[str]:
+    """What a sandboxed run left of `packages_in_writable`: removed; returns the paths."""
+    found = packages_in_writable(root, cfg)
+    for rel in found:
+        path = root / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return found
+
+
+def python_dirs(paths: Iterable[str]) -> tuple[str, ...]:
+    """The directories (repo-relative, "" for the root) holding the Python files among `paths`."""
+    return tuple(sorted({os.path.dirname(p) for p in paths if p.endswith(".py")}))
+
+
+def remove_bytecode(root: Path, dirs: Iterable[str]) -> int:
+    """Empty the __pycache__ dirs in `dirs` (python_dirs: those beside the repository's tracked
+    Python files), never through a symlink, and remove anything else standing there under that name (a link
     to bytecode elsewhere); returns how many entries went. No run of the server writes
     bytecode, so what is there was left by hand or by an earlier unsandboxed run."""
     removed = 0
-    for d in sorted({os.path.dirname(rel) for rel in python}):
+    for d in dirs:
         try:
             if d:
                 parent = fsafe.open_beneath(root, d, os.O_RDONLY | os.O_DIRECTORY)
@@ -183,7 +190,7 @@ class RunPlan:
     holdout: bool = False  # the hold-out run: its own files stay visible
     log_root: Path | None = None  # where log_rel lives (default: root)
     cover: tuple[Path, ...] = ()  # sandbox.Plan.cover: dirs around the root the eval must not see
-    python: Sequence[str] = ()  # the repository's tracked Python files: see remove_bytecode
+    python_dirs: Sequence[str] = ()  # where the repository's tracked Python files are: see remove_bytecode
     _scratch: Path | None = None
     _binds: dict[str, Path] = field(default_factory=dict)  # metric file -> server-owned copy bound at it
     _before: dict[str, tuple[int, int, int] | None] = field(default_factory=dict)
@@ -249,7 +256,7 @@ class RunPlan:
             sandbox.prepare(plan)
             argv = sandbox.wrap(plan, list(self.argv))
         else:
-            remove_bytecode(self.root, self.python)
+            remove_bytecode(self.root, self.python_dirs)
             self._before = {rel: _stat_sig(self.root / rel) for rel in self._metric_files()}
         log_root = self.log_root or self.root
         log_fd = fsafe.create_beneath(log_root, self.log_rel)
